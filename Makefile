@@ -1,0 +1,52 @@
+# Vigil — two commands: `make run` (set up and serve the demo) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DO_NOT_TRACK := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run setup test lint format bench constraints clean-data clean help
+
+help:
+	@echo "make run    - set up (venv, install, migrate, demo data) and serve http://localhost:8501"
+	@echo "make test   - set up and run the whole test suite"
+	@echo "make lint   - ruff check, ruff format --check, mypy"
+	@echo "make clean-data - delete the demo store and files (data/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/vigil bootstrap
+	$(BIN)/vigil serve
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+constraints: setup
+	{ echo "# Exact versions tested with Vigil (pip install -c constraints.txt). Regenerate with 'make constraints'."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E "^(pip|setuptools|wheel)==" | sort -f; } > constraints.txt
+
+clean-data:
+	rm -rf data
+
+clean: clean-data
+	rm -rf $(VENV)

@@ -1,0 +1,125 @@
+"""Home: what needs attention now — the models × sites status grid and the scheduler's pulse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.exc import DBAPIError
+
+from app import charts, data
+from vigil.config import get_settings
+
+OE = ("observed_expected", "oe_ratio")
+
+
+def _age(moment: object) -> str:
+    if not isinstance(moment, datetime):
+        return "never"
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+st.title("Vigil — what needs attention now")
+
+try:
+    beat = data.heartbeat()
+    grid = data.status_grid(*OE)
+    volumes = data.volumes()
+    quarantined = data.quarantine()
+except DBAPIError as exc:
+    st.error(
+        "The Vigil database is unreachable, so nothing below is current. "
+        f"({type(exc.orig).__name__ if exc.orig else 'database error'})",
+        icon=":material/database_off:",
+    )
+    st.stop()
+
+late_after = get_settings().heartbeat_late_seconds
+if beat is None:
+    st.warning(
+        "The scheduler has never run: no monitors have been computed yet.",
+        icon=":material/schedule:",
+    )
+else:
+    beat_at = beat["beat_at"]
+    late = not isinstance(beat_at, datetime) or (
+        (datetime.now(UTC) - beat_at).total_seconds() > late_after
+    )
+    if late:
+        st.warning(
+            f"The scheduler's heartbeat is late (last beat {_age(beat_at)}): "
+            "the figures below may be stale.",
+            icon=":material/heart_broken:",
+        )
+    cols = st.columns(3)
+    cols[0].metric("Scheduler heartbeat", _age(beat_at))
+    cols[1].metric("Last monitor run", _age(beat.get("last_monitor_run_at")))
+    cols[2].metric(
+        "Predictions stored", f"{int(volumes['predictions'].sum()) if not volumes.empty else 0:,}"
+    )
+
+st.subheader("Calibration: observed ÷ expected outcomes, latest settled window")
+if grid.empty:
+    st.info(
+        "No monitor results yet. Once predictions are collected and their labels settle, "
+        "the scheduler fills this grid (every 5 minutes)."
+    )
+else:
+    st.plotly_chart(charts.status_grid_figure(grid), width="stretch", key="status_grid")
+    needs = grid[grid["status"].isin(["breach", "warn"])]
+    if needs.empty:
+        st.success(
+            "Every model × site is within its calibration tolerance.",
+            icon=":material/check_circle:",
+        )
+    else:
+        st.markdown("**Needs attention**")
+        for _, row in needs.sort_values("status").iterrows():
+            detail = row["detail"] or {}
+            st.markdown(
+                f"- **{row['status'].upper()}** · {row['model']} at {row['site']} "
+                f"({row['site_name']}): O:E {row['value']:.2f} "
+                f"[{row['ci_low']:.2f}–{row['ci_high']:.2f}], "
+                f"{detail.get('observed', '?')} observed vs "
+                f"{detail.get('expected', 0):.1f} expected "
+                f"over the window ending {row['window_end']:%Y-%m-%d}. {row['threshold']}."
+            )
+    with st.expander("Window details per model × site"):
+        table = grid[
+            [
+                "model",
+                "site",
+                "status",
+                "value",
+                "ci_low",
+                "ci_high",
+                "n",
+                "window_start",
+                "window_end",
+            ]
+        ].copy()
+        table["label completeness"] = [(d or {}).get("label_completeness") for d in grid["detail"]]
+        table["why"] = [(d or {}).get("reason", "") for d in grid["detail"]]
+        st.dataframe(table, hide_index=True, width="stretch")
+
+st.subheader("Volume")
+if volumes.empty:
+    st.info("No predictions collected yet.")
+else:
+    shown = volumes.copy()
+    shown["last scored hour (UTC)"] = pd.to_datetime(
+        shown.pop("last_hour") * 3600, unit="s", utc=True
+    )
+    st.dataframe(shown, hide_index=True, width="stretch")
+
+st.subheader("Quarantined input")
+if quarantined.empty:
+    st.caption("No input rows have been quarantined.")
+else:
+    st.dataframe(quarantined, hide_index=True, width="stretch")

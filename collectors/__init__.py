@@ -1,0 +1,1 @@
+"""Collectors: read source files against their contracts into the store."""

@@ -1,0 +1,1 @@
+"""Monitors: config → pure computation → MonitorResult → metric_point rows."""

@@ -1,0 +1,451 @@
+"""Every table of the store.
+
+Timestamps are timezone-aware UTC everywhere: `UTCDateTime` refuses naive values on the
+way in and returns aware values on the way out, on SQLite as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+# Integer primary keys that are BIGINT on PostgreSQL and the rowid on SQLite.
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC; naive datetimes are refused rather than guessed."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Vigil stores timezone-aware UTC only")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # SQLite has no time zone type; store naive UTC so text order is time order.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def ts_field(*, nullable: bool = False, index: bool = False, default_now: bool = False) -> Any:
+    """A UTC timestamp column."""
+    kwargs: dict[str, Any] = {}
+    if default_now:
+        kwargs["default_factory"] = utcnow
+    elif nullable:
+        kwargs["default"] = None
+    return Field(sa_type=UTCDateTime, nullable=nullable, index=index, **kwargs)
+
+
+# ---------------------------------------------------------------- registry
+
+
+class Site(SQLModel, table=True):
+    """A hospital where models are deployed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(unique=True, max_length=32)
+    name: str
+    kind: str = Field(max_length=32)  # academic, community, critical-access
+    timezone: str = Field(default="UTC", max_length=64)
+    beds: int = 0
+
+
+class Model(SQLModel, table=True):
+    """A clinical prediction model (all of its versions)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=64)
+    title: str
+    outcome: str = Field(max_length=64)
+    horizon_hours: float
+    label_lag_hours: float = 48.0
+    settles_on_closure: bool = True
+    latency_slo_seconds: float = 300.0
+    scoring_interval_minutes: int = 0
+
+
+class ModelVersion(SQLModel, table=True):
+    """One released version of a model, with its lineage."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    version: str = Field(max_length=32)  # semver
+    stage: str = Field(default="development", max_length=16)
+    threshold: float
+    artifact_sha256: str = Field(default="", max_length=64)
+    training_data: str = ""
+    feature_set: str = ""
+    calibration: str = ""
+    approver: str = ""
+    created_at: datetime = ts_field(default_now=True)
+
+
+class Deployment(SQLModel, table=True):
+    """A model version running at a site (optionally one unit) in an arm."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "version_id", "site_id", "unit", "arm"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    version_id: int = Field(foreign_key="modelversion.id")
+    site_id: int = Field(foreign_key="site.id", index=True)
+    unit: str = Field(default="", max_length=32)  # empty: every unit of the site
+    arm: str = Field(default="control", max_length=16)  # control, canary, shadow
+    alert_threshold: float
+    enabled: bool = True
+    started_at: datetime = ts_field(default_now=True)
+
+
+# ---------------------------------------------------------------- facts
+
+
+class Prediction(SQLModel, table=True):
+    """One score as logged by the scoring service; the encounter id only as a keyed hash."""
+
+    __table_args__ = (
+        sa.Index("ix_prediction_model_site_scored", "model_id", "site_id", "scored_at"),
+        sa.Index("ix_prediction_hour", "model_id", "scored_hour"),
+        sa.Index(
+            "ix_prediction_pending",
+            "model_id",
+            "horizon_end",
+            sqlite_where=sa.text("label IS NULL"),
+            postgresql_where=sa.text("label IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    prediction_id: str = Field(unique=True, max_length=128)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(foreign_key="modelversion.id")
+    site_id: int = Field(foreign_key="site.id")
+    unit: str = Field(default="", max_length=32)
+    arm: str = Field(default="control", max_length=16)
+    encounter_key: str = Field(max_length=64, index=True)
+    trigger_at: datetime = ts_field()
+    scored_at: datetime = ts_field()
+    delivered_at: datetime | None = ts_field(nullable=True)
+    scored_hour: int  # hours since the Unix epoch, UTC: the rollup bucket
+    horizon_end: datetime = ts_field()  # scored_at + the model's horizon
+    score: float | None = None
+    score_bin: int | None = None  # histogram bucket, see SCORE_BIN_EDGES
+    threshold: float | None = None
+    alert: bool = False
+    status: str = Field(default="ok", max_length=16)  # ok, error, timeout, suppressed
+    latency_seconds: float | None = None  # delivered_at - trigger_at
+    degraded: bool = False  # scored on stale or missing inputs
+    inputs: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    content_hash: str = Field(max_length=32)
+    label: int | None = None  # 1 outcome within horizon, 0 settled negative, NULL pending
+    settled_at: datetime | None = ts_field(nullable=True, index=True)
+    ingested_at: datetime = ts_field(default_now=True)
+
+
+class Outcome(SQLModel, table=True):
+    """An outcome that happened to an encounter (positive labels arrive this way)."""
+
+    __table_args__ = (sa.UniqueConstraint("encounter_key", "outcome", "outcome_at"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    encounter_key: str = Field(max_length=64, index=True)
+    site_id: int = Field(foreign_key="site.id")
+    outcome: str = Field(max_length=64)
+    outcome_at: datetime = ts_field()
+    recorded_at: datetime = ts_field()
+    ingested_at: datetime = ts_field(default_now=True, index=True)
+
+
+class Encounter(SQLModel, table=True):
+    """An encounter closure (discharge); it settles in-stay negatives."""
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    encounter_key: str = Field(max_length=64, unique=True)
+    site_id: int = Field(foreign_key="site.id")
+    unit: str = Field(default="", max_length=32)
+    admitted_at: datetime | None = ts_field(nullable=True)
+    discharged_at: datetime = ts_field()
+    recorded_at: datetime = ts_field()
+    ingested_at: datetime = ts_field(default_now=True, index=True)
+
+
+class FeedStatus(SQLModel, table=True):
+    """One heartbeat of a data feed at a site, as reported by the interface engine."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("feed", "site_id", "received_at"),
+        sa.Index("ix_feedstatus_site_feed_received", "site_id", "feed", "received_at"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    feed: str = Field(max_length=32)  # ADT, LAB, VITALS, ...
+    site_id: int = Field(foreign_key="site.id")
+    last_event_at: datetime | None = ts_field(nullable=True)
+    received_at: datetime = ts_field()
+    messages: int = 0
+    errors: int = 0
+    source: str = Field(default="heartbeat", max_length=16)  # heartbeat, hl7
+
+
+# ---------------------------------------------------------------- rollups
+
+
+class PredictionRollup(SQLModel, table=True):
+    """Hourly aggregate of predictions per model x version x site x arm; monitors read these."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version_id", "site_id", "arm", "hour"),
+        sa.Index("ix_rollup_model_site_hour", "model_id", "site_id", "hour"),
+        sa.Index("ix_rollup_updated", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(foreign_key="modelversion.id")
+    site_id: int = Field(foreign_key="site.id")
+    arm: str = Field(max_length=16)
+    hour: int  # hours since the Unix epoch, UTC
+    n: int = 0
+    n_ok: int = 0
+    n_error: int = 0
+    n_timeout: int = 0
+    n_alert: int = 0
+    n_degraded: int = 0
+    n_on_time: int = 0  # delivered within the model's latency SLO of the trigger
+    sum_score: float = 0.0
+    sum_score2: float = 0.0
+    sum_latency: float = 0.0
+    n_settled: int = 0
+    n_positive: int = 0
+    sum_p_settled: float = 0.0  # expected events among settled predictions
+    sum_p2_settled: float = 0.0
+    sum_yp_settled: float = 0.0
+    n_alert_settled: int = 0
+    n_alert_positive: int = 0
+    updated_at: datetime = ts_field(default_now=True)
+
+
+class ScoreHistogram(SQLModel, table=True):
+    """Hourly score histogram (SCORE_BINS bins) with settled outcomes per bin."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version_id", "site_id", "arm", "hour", "bin"),
+        sa.Index("ix_hist_model_site_hour", "model_id", "site_id", "hour"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(foreign_key="modelversion.id")
+    site_id: int = Field(foreign_key="site.id")
+    arm: str = Field(max_length=16)
+    hour: int
+    bin: int
+    n: int = 0
+    n_settled: int = 0
+    n_positive: int = 0
+    sum_p_settled: float = 0.0
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+class MetricPoint(SQLModel, table=True):
+    """One monitor result: a point of a metric's time series."""
+
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "monitor", "metric", "model_id", "version_id", "site_id", "arm", "window_start"
+        ),
+        sa.Index("ix_metricpoint_lookup", "monitor", "model_id", "site_id", "window_end"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    monitor: str = Field(max_length=64)
+    metric: str = Field(max_length=64)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(default=0)  # 0: all versions together
+    site_id: int = Field(default=0)  # 0: all sites together
+    arm: str = Field(default="all", max_length=16)
+    window_start: datetime = ts_field()
+    window_end: datetime = ts_field()
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int = 0
+    status: str = Field(max_length=24)  # ok, warn, breach, insufficient-data
+    threshold: str = ""  # human-readable rule, e.g. "breach if CI outside 0.80-1.25"
+    detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    monitor_version: str = Field(default="1", max_length=16)
+    computed_at: datetime = ts_field(default_now=True)
+
+
+class Alert(SQLModel, table=True):
+    """An alert raised by a monitor; one open alert per dedup key."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedup_key: str = Field(max_length=256, index=True)
+    monitor: str = Field(max_length=64)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(default=0)
+    arm: str = Field(default="all", max_length=16)
+    severity: str = Field(max_length=16)  # page, ticket
+    status: str = Field(default="open", max_length=16)  # open, acknowledged, resolved
+    summary: str
+    runbook: str = Field(max_length=64)
+    opened_at: datetime = ts_field(default_now=True)
+    acknowledged_at: datetime | None = ts_field(nullable=True)
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = ts_field(nullable=True)
+
+
+class Incident(SQLModel, table=True):
+    """A human-declared incident grouping alerts and actions."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str
+    model_id: int | None = Field(default=None, foreign_key="model.id")
+    site_id: int | None = None
+    status: str = Field(default="open", max_length=16)
+    opened_by: str
+    opened_at: datetime = ts_field(default_now=True)
+    closed_at: datetime | None = ts_field(nullable=True)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only, hash-chained record of every action that changes clinical behaviour."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = ts_field(default_now=True)
+    actor: str
+    role: str = Field(max_length=32)
+    action: str = Field(max_length=64)
+    target: str
+    detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)
+
+
+class PageOutbox(SQLModel, table=True):
+    """A Slack page waiting to be delivered (or delivered), keyed for exactly-once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedup_key: str = Field(max_length=256, unique=True)
+    alert_id: int | None = Field(default=None, foreign_key="alert.id")
+    channel: str
+    payload: dict[str, Any] = Field(sa_type=sa.JSON)
+    status: str = Field(default="pending", max_length=16)  # pending, sent, failed
+    attempts: int = 0
+    next_attempt_at: datetime = ts_field(default_now=True)
+    last_error: str | None = None
+    slack_ts: str | None = None
+    created_at: datetime = ts_field(default_now=True)
+    sent_at: datetime | None = ts_field(nullable=True)
+
+
+class Quarantine(SQLModel, table=True):
+    """An input row that broke its contract, with the reason and where it came from."""
+
+    __table_args__ = (sa.UniqueConstraint("source_file", "location"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    source_kind: str = Field(max_length=32)  # predictions, outcomes, encounters, heartbeats
+    source_file: str
+    location: str = Field(max_length=64)  # "line 12" or "byte 4096"
+    reason: str = Field(max_length=64, index=True)
+    detail: str = ""
+    raw: str = ""  # the offending row with identifiers removed, truncated
+    quarantined_at: datetime = ts_field(default_now=True)
+
+
+class IngestCheckpoint(SQLModel, table=True):
+    """How far a source file has been ingested, so a rerun resumes and adds nothing."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(unique=True)
+    size: int = 0
+    content_hash: str = Field(max_length=64)  # sha256 of the bytes up to `offset`
+    offset: int = 0
+    lines: int = 0
+    complete: bool = False
+    updated_at: datetime = ts_field(default_now=True)
+
+
+class JobState(SQLModel, table=True):
+    """Small key/value state of scheduled jobs (watermarks)."""
+
+    key: str = Field(primary_key=True, max_length=128)
+    value: str
+    updated_at: datetime = ts_field(default_now=True)
+
+
+class SchedulerHeartbeat(SQLModel, table=True):
+    """The scheduler's pulse and its last completed job runs; the dashboard checks it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    process: str = Field(unique=True, max_length=64)
+    host: str
+    pid: int
+    started_at: datetime = ts_field()
+    beat_at: datetime = ts_field()
+    last_job: str | None = None
+    last_job_at: datetime | None = ts_field(nullable=True)
+    last_monitor_run_at: datetime | None = ts_field(nullable=True)
+
+
+# Score histogram edges: finer at the low end, where most clinical risks live.
+SCORE_BIN_EDGES: tuple[float, ...] = (
+    0.0,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+)
+SCORE_BINS = len(SCORE_BIN_EDGES) - 1
+
+
+def score_bin(score: float) -> int:
+    """Histogram bucket of a score in [0, 1] (left-closed bins; 1.0 falls in the last)."""
+    return min(bisect_right(SCORE_BIN_EDGES, score) - 1, SCORE_BINS - 1)
+
+
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The Core table behind a SQLModel class (typed, for bulk SQL)."""
+    return model.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,68 @@
+"""The schema: migrations match the models, timestamps stay aware UTC, the registry syncs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, select
+
+from store.db import current_revision, make_engine
+from store.models import JobState, Model, ModelVersion, Site
+from store.registry import sync_registry
+from tests.conftest import REGISTRY
+
+
+def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
+    assert current_revision(engine) is not None
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+
+
+def test_timestamps_round_trip_as_aware_utc(engine: Engine) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    written = datetime(2026, 3, 1, 7, 30, tzinfo=eastern)
+    with Session(engine) as session:
+        session.add(JobState(key="k", value="v", updated_at=written))
+        session.commit()
+    with Session(engine) as session:
+        row = session.exec(select(JobState)).one()
+    assert row.updated_at.tzinfo is not None
+    assert row.updated_at == written
+    assert row.updated_at.utcoffset() == timedelta(0)
+    assert row.updated_at.hour == 12
+
+
+def test_naive_timestamps_are_refused(engine: Engine) -> None:
+    with Session(engine) as session:
+        session.add(JobState(key="k", value="v", updated_at=datetime(2026, 3, 1, 7, 30)))
+        with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+            session.commit()
+
+
+def test_registry_sync_is_idempotent(engine: Engine) -> None:
+    again = sync_registry(engine, REGISTRY)
+    assert again == {"sites": 5, "models": 2, "versions": 3, "deployments": 11}
+    with Session(engine) as session:
+        assert len(session.exec(select(Site)).all()) == 5
+        assert len(session.exec(select(Model)).all()) == 2
+        versions = session.exec(select(ModelVersion)).all()
+    assert sorted(v.version for v in versions) == ["1.4.0", "2.0.0", "2.1.0"]
+
+
+def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/wal.db")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_utc_now_is_aware() -> None:
+    from store.models import utcnow
+
+    assert utcnow().tzinfo == UTC

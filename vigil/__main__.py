@@ -1,0 +1,3 @@
+from vigil.cli import app
+
+app(prog_name="vigil")
