@@ -176,21 +176,21 @@ def _remove_stale(engine: Engine, job_id: str) -> None:
 
 
 def run_scheduler(*, simulate: bool = False) -> None:
-    """Run until interrupted."""
+    """Run until SIGINT or SIGTERM; a job already running is allowed to finish."""
     global _started_at
     _started_at = utcnow()
+    scheduler = build_scheduler(simulate=simulate)
 
-    def _stop(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+    def _stop(signum: int, _frame: object) -> None:
+        # Once only: Ctrl-C reaches us from the terminal and `vigil serve` sends SIGTERM too.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        logger.info("scheduler stopping (signal %d); letting a running job finish", signum)
+        scheduler.shutdown(wait=False)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    scheduler = build_scheduler(simulate=simulate)
     record_heartbeat(_get_engine(), started_at=_started_at)
     logger.info("scheduler started with jobs: %s", [j.id for j in scheduler.get_jobs()])
-    try:
-        scheduler.start()
-    except (KeyboardInterrupt, SystemExit):
-        logger.info("scheduler stopping")
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
+    scheduler.start()
+    logger.info("scheduler stopped")
