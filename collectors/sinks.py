@@ -20,7 +20,17 @@ from collectors.contracts import (
 )
 from collectors.pseudonym import encounter_key
 from store.bulk import insert_ignoring_conflicts
-from store.models import Encounter, FeedStatus, Outcome, Prediction, score_bin, table_of, utcnow
+from store.models import (
+    Encounter,
+    FeedStatus,
+    Outcome,
+    Prediction,
+    latency_bin,
+    score_bin,
+    score_logit,
+    table_of,
+    utcnow,
+)
 from store.registry import RegistryLookup
 
 PREDICTIONS = table_of(Prediction)
@@ -87,10 +97,12 @@ class PredictionSink:
                 "horizon_end": rec.scored_at + timedelta(hours=model.horizon_hours),
                 "score": rec.score,
                 "score_bin": None if rec.score is None else score_bin(rec.score),
+                "score_logit": None if rec.score is None else score_logit(rec.score),
                 "threshold": rec.threshold,
                 "alert": rec.alert,
                 "status": rec.status,
                 "latency_seconds": latency,
+                "latency_bin": None if latency is None else latency_bin(latency),
                 "degraded": False,
                 "inputs": rec.inputs,
                 "content_hash": digest,

@@ -6,6 +6,7 @@ way in and returns aware values on the way out, on SQLite as on PostgreSQL.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
+
+# Named constraints, so migrations can alter them on every database.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 # Integer primary keys that are BIGINT on PostgreSQL and the rowid on SQLite.
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -83,6 +93,8 @@ class Model(SQLModel, table=True):
     settles_on_closure: bool = True
     latency_slo_seconds: float = 300.0
     scoring_interval_minutes: int = 0
+    # Named inputs monitored for drift: {name: {"unit": str, "edges": [bin edges]}}
+    inputs: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
 
 
 class ModelVersion(SQLModel, table=True):
@@ -152,10 +164,12 @@ class Prediction(SQLModel, table=True):
     horizon_end: datetime = ts_field()  # scored_at + the model's horizon
     score: float | None = None
     score_bin: int | None = None  # histogram bucket, see SCORE_BIN_EDGES
+    score_logit: float | None = None  # log(p / (1 - p)), p clipped to [1e-6, 1 - 1e-6]
     threshold: float | None = None
     alert: bool = False
     status: str = Field(default="ok", max_length=16)  # ok, error, timeout, suppressed
     latency_seconds: float | None = None  # delivered_at - trigger_at
+    latency_bin: int | None = None  # histogram bucket, see LATENCY_BIN_EDGES
     degraded: bool = False  # scored on stale or missing inputs
     inputs: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     content_hash: str = Field(max_length=32)
@@ -213,10 +227,10 @@ class FeedStatus(SQLModel, table=True):
 
 
 class PredictionRollup(SQLModel, table=True):
-    """Hourly aggregate of predictions per model x version x site x arm; monitors read these."""
+    """Hourly aggregate per model x version x site x unit x arm; monitors read these."""
 
     __table_args__ = (
-        sa.UniqueConstraint("model_id", "version_id", "site_id", "arm", "hour"),
+        sa.UniqueConstraint("model_id", "version_id", "site_id", "unit", "arm", "hour"),
         sa.Index("ix_rollup_model_site_hour", "model_id", "site_id", "hour"),
         sa.Index("ix_rollup_updated", "updated_at"),
     )
@@ -225,6 +239,7 @@ class PredictionRollup(SQLModel, table=True):
     model_id: int = Field(foreign_key="model.id")
     version_id: int = Field(foreign_key="modelversion.id")
     site_id: int = Field(foreign_key="site.id")
+    unit: str = Field(default="", max_length=32)
     arm: str = Field(max_length=16)
     hour: int  # hours since the Unix epoch, UTC
     n: int = 0
@@ -266,6 +281,44 @@ class ScoreHistogram(SQLModel, table=True):
     n_settled: int = 0
     n_positive: int = 0
     sum_p_settled: float = 0.0
+    sum_logit_settled: float = 0.0  # for calibration intercept and slope on grouped data
+
+
+class LatencyHistogram(SQLModel, table=True):
+    """Hourly histogram of trigger-to-delivery latency (LATENCY_BIN_EDGES, seconds)."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version_id", "site_id", "arm", "hour", "bin"),
+        sa.Index("ix_latency_model_site_hour", "model_id", "site_id", "hour"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(foreign_key="modelversion.id")
+    site_id: int = Field(foreign_key="site.id")
+    arm: str = Field(max_length=16)
+    hour: int
+    bin: int
+    n: int = 0
+
+
+class InputHistogram(SQLModel, table=True):
+    """Hourly histogram of one named model input (edges from the registry); bin -1 is missing."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version_id", "site_id", "arm", "hour", "feature", "bin"),
+        sa.Index("ix_input_model_site_hour", "model_id", "site_id", "hour"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(foreign_key="modelversion.id")
+    site_id: int = Field(foreign_key="site.id")
+    arm: str = Field(max_length=16)
+    hour: int
+    feature: str = Field(max_length=64)
+    bin: int
+    n: int = 0
 
 
 # ---------------------------------------------------------------- monitoring
@@ -414,36 +467,48 @@ class SchedulerHeartbeat(SQLModel, table=True):
     last_monitor_run_at: datetime | None = ts_field(nullable=True)
 
 
-# Score histogram edges: finer at the low end, where most clinical risks live.
+# Tables added by later capabilities go in their own section below, one per area.
+
+# ---------------------------------------------------------------- collectors
+
+# ---------------------------------------------------------------- clinical-quality monitors
+
+# ---------------------------------------------------------------- operational monitors
+
+# ---------------------------------------------------------------- incident response
+
+
+# Score histogram edges: fine at the low end, where most clinical risks live.
 SCORE_BIN_EDGES: tuple[float, ...] = (
-    0.0,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.02,
-    0.03,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.25,
-    0.3,
-    0.4,
-    0.5,
-    0.6,
-    0.7,
-    0.8,
-    0.9,
-    1.0,
-)
+    0.0, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+    0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075,
+    0.09, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35, 0.4,
+    0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 0.95, 1.0,
+)  # fmt: skip
 SCORE_BINS = len(SCORE_BIN_EDGES) - 1
+
+# Latency histogram edges in seconds (trigger to delivery); the last bin is open-ended.
+LATENCY_BIN_EDGES: tuple[float, ...] = (
+    0, 5, 10, 15, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300, 360, 420, 600, 900,
+    1200, 1800, 2700, 3600, 7200,
+)  # fmt: skip
+LATENCY_BINS = len(LATENCY_BIN_EDGES)  # the last bin holds everything >= the last edge
 
 
 def score_bin(score: float) -> int:
     """Histogram bucket of a score in [0, 1] (left-closed bins; 1.0 falls in the last)."""
     return min(bisect_right(SCORE_BIN_EDGES, score) - 1, SCORE_BINS - 1)
+
+
+def score_logit(score: float) -> float:
+    """The log-odds of a score, clipped so 0 and 1 stay finite."""
+    p = min(max(score, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def latency_bin(seconds: float) -> int:
+    """Histogram bucket of a latency (left-closed bins; negatives clock-skew into bin 0)."""
+    return max(bisect_right(LATENCY_BIN_EDGES, seconds) - 1, 0)
 
 
 def table_of(model: type[SQLModel]) -> sa.Table:

@@ -62,6 +62,7 @@ def sync_registry(engine: Engine, path: Path) -> dict[str, int]:
                 "settles_on_closure",
                 "latency_slo_seconds",
                 "scoring_interval_minutes",
+                "inputs",
             ):
                 if attr in spec:
                     setattr(model, attr, spec[attr])

@@ -7,12 +7,16 @@ closure is older than the label lag; pending otherwise. A late outcome flips a s
 negative to positive. Every prediction whose label changes gets `settled_at` = this run.
 
 Rollups: every (model, hour) touched by new predictions or by this run's settlement is
-recomputed from its raw rows with GROUP BY in the database; monitors read only rollups.
+recomputed from its raw rows with GROUP BY in the database (prediction counts per unit and
+arm, score, latency and input histograms); monitors read only rollups. Other jobs that change
+raw rows (e.g. marking predictions degraded) call `rebuild_hours` for the hours they touched.
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +28,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from store.models import (
     Encounter,
+    InputHistogram,
     JobState,
+    LatencyHistogram,
     Model,
     Outcome,
     Prediction,
@@ -41,6 +47,8 @@ O = table_of(Outcome)  # noqa: E741
 E = table_of(Encounter)
 R = table_of(PredictionRollup)
 H = table_of(ScoreHistogram)
+L = table_of(LatencyHistogram)
+I = table_of(InputHistogram)  # noqa: E741
 J = table_of(JobState)
 
 WM_PREDICTION = "rollup.prediction_id"
@@ -146,6 +154,7 @@ def _rollup_select(model: Model, hours: list[int], now: datetime) -> sa.Select[A
             P.c.model_id,
             P.c.version_id,
             P.c.site_id,
+            P.c.unit,
             P.c.arm,
             P.c.scored_hour.label("hour"),
             sa.func.count().label("n"),
@@ -168,7 +177,7 @@ def _rollup_select(model: Model, hours: list[int], now: datetime) -> sa.Select[A
             sa.literal(now, type_=P.c.scored_at.type).label("updated_at"),
         )
         .where(P.c.model_id == model.id, P.c.scored_hour.in_(hours))
-        .group_by(P.c.model_id, P.c.version_id, P.c.site_id, P.c.arm, P.c.scored_hour)
+        .group_by(P.c.model_id, P.c.version_id, P.c.site_id, P.c.unit, P.c.arm, P.c.scored_hour)
     )
 
 
@@ -188,6 +197,9 @@ def _histogram_select(model: Model, hours: list[int]) -> sa.Select[Any]:
             sa.func.coalesce(sa.func.sum(sa.case((settled, P.c.score), else_=0.0)), 0.0).label(
                 "sum_p_settled"
             ),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((settled, P.c.score_logit), else_=0.0)), 0.0
+            ).label("sum_logit_settled"),
         )
         .where(
             P.c.model_id == model.id,
@@ -202,42 +214,70 @@ def _histogram_select(model: Model, hours: list[int]) -> sa.Select[Any]:
 
 
 _ROLLUP_COLUMNS = [
-    "model_id",
-    "version_id",
-    "site_id",
-    "arm",
-    "hour",
-    "n",
-    "n_ok",
-    "n_error",
-    "n_timeout",
-    "n_alert",
-    "n_degraded",
-    "n_on_time",
-    "sum_score",
-    "sum_score2",
-    "sum_latency",
-    "n_settled",
-    "n_positive",
-    "sum_p_settled",
-    "sum_p2_settled",
-    "sum_yp_settled",
-    "n_alert_settled",
-    "n_alert_positive",
-    "updated_at",
-]
+    "model_id", "version_id", "site_id", "unit", "arm", "hour", "n", "n_ok", "n_error",
+    "n_timeout", "n_alert", "n_degraded", "n_on_time", "sum_score", "sum_score2", "sum_latency",
+    "n_settled", "n_positive", "sum_p_settled", "sum_p2_settled", "sum_yp_settled",
+    "n_alert_settled", "n_alert_positive", "updated_at",
+]  # fmt: skip
 _HIST_COLUMNS = [
-    "model_id",
-    "version_id",
-    "site_id",
-    "arm",
-    "hour",
-    "bin",
-    "n",
-    "n_settled",
-    "n_positive",
-    "sum_p_settled",
-]
+    "model_id", "version_id", "site_id", "arm", "hour", "bin", "n", "n_settled",
+    "n_positive", "sum_p_settled", "sum_logit_settled",
+]  # fmt: skip
+_LATENCY_COLUMNS = ["model_id", "version_id", "site_id", "arm", "hour", "bin", "n"]
+
+
+def _latency_select(model: Model, hours: list[int]) -> sa.Select[Any]:
+    return (
+        sa.select(
+            P.c.model_id,
+            P.c.version_id,
+            P.c.site_id,
+            P.c.arm,
+            P.c.scored_hour.label("hour"),
+            P.c.latency_bin.label("bin"),
+            sa.func.count().label("n"),
+        )
+        .where(
+            P.c.model_id == model.id,
+            P.c.scored_hour.in_(hours),
+            P.c.status == "ok",  # latency of delivered scores
+            P.c.latency_bin.is_not(None),
+        )
+        .group_by(
+            P.c.model_id, P.c.version_id, P.c.site_id, P.c.arm, P.c.scored_hour, P.c.latency_bin
+        )
+    )
+
+
+def input_bin(value: float | None, edges: list[float]) -> int:
+    """Bucket of a model input: -1 missing, else left-closed bins with open ends at both sides."""
+    if value is None or value != value:  # None or NaN
+        return -1
+    return bisect_right(edges, value)  # 0 below the first edge, len(edges) above the last
+
+
+def _input_histogram_rows(conn: Connection, model: Model, hours: list[int]) -> list[dict[str, Any]]:
+    """Bin every named input of the model's predictions in `hours` (only these hours are read)."""
+    specs = {name: list(spec["edges"]) for name, spec in (model.inputs or {}).items()}
+    if not specs:
+        return []
+    counts: Counter[tuple[int, int, str, int, str, int]] = Counter()
+    rows = conn.execute(
+        sa.select(P.c.version_id, P.c.site_id, P.c.arm, P.c.scored_hour, P.c.inputs).where(
+            P.c.model_id == model.id, P.c.scored_hour.in_(hours), P.c.status == "ok"
+        )
+    )
+    for version_id, site_id, arm, hour, inputs in rows:
+        values = inputs or {}
+        for name, edges in specs.items():
+            counts[(version_id, site_id, arm, hour, name, input_bin(values.get(name), edges))] += 1
+    return [
+        {
+            "model_id": model.id, "version_id": v, "site_id": s, "arm": a, "hour": h,
+            "feature": f, "bin": b, "n": n,
+        }
+        for (v, s, a, h, f, b), n in counts.items()
+    ]  # fmt: skip
 
 
 def _chunks(values: Iterable[int], size: int) -> Iterable[list[int]]:
@@ -250,10 +290,16 @@ def rebuild_hours(conn: Connection, model: Model, hours: Iterable[int], *, now: 
     """Recompute the rollup and histogram rows of `hours` for one model from raw predictions."""
     count = 0
     for chunk in _chunks(sorted(set(hours)), HOURS_PER_STATEMENT):
-        conn.execute(sa.delete(R).where(R.c.model_id == model.id, R.c.hour.in_(chunk)))
-        conn.execute(sa.delete(H).where(H.c.model_id == model.id, H.c.hour.in_(chunk)))
+        for table in (R, H, L, I):
+            conn.execute(
+                sa.delete(table).where(table.c.model_id == model.id, table.c.hour.in_(chunk))
+            )
         conn.execute(sa.insert(R).from_select(_ROLLUP_COLUMNS, _rollup_select(model, chunk, now)))
         conn.execute(sa.insert(H).from_select(_HIST_COLUMNS, _histogram_select(model, chunk)))
+        conn.execute(sa.insert(L).from_select(_LATENCY_COLUMNS, _latency_select(model, chunk)))
+        input_rows = _input_histogram_rows(conn, model, chunk)
+        if input_rows:
+            conn.execute(sa.insert(I), input_rows)
         count += len(chunk)
     return count
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 16:02:18.436547
+Create Date: 2026-11-27 16:28:42.160426
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import store.models
+import store.models  # noqa: F401  (custom column types)
 
 
 revision: str = '0001'
@@ -32,8 +32,8 @@ def upgrade() -> None:
     sa.Column('detail', sa.JSON(), nullable=True),
     sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('hash')
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_auditevent')),
+    sa.UniqueConstraint('hash', name=op.f('uq_auditevent_hash'))
     )
     op.create_table('ingestcheckpoint',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -44,14 +44,14 @@ def upgrade() -> None:
     sa.Column('lines', sa.Integer(), nullable=False),
     sa.Column('complete', sa.Boolean(), nullable=False),
     sa.Column('updated_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('path')
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ingestcheckpoint')),
+    sa.UniqueConstraint('path', name=op.f('uq_ingestcheckpoint_path'))
     )
     op.create_table('jobstate',
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('value', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('updated_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('key')
+    sa.PrimaryKeyConstraint('key', name=op.f('pk_jobstate'))
     )
     op.create_table('model',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -63,8 +63,9 @@ def upgrade() -> None:
     sa.Column('settles_on_closure', sa.Boolean(), nullable=False),
     sa.Column('latency_slo_seconds', sa.Float(), nullable=False),
     sa.Column('scoring_interval_minutes', sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('name')
+    sa.Column('inputs', sa.JSON(), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_model')),
+    sa.UniqueConstraint('name', name=op.f('uq_model_name'))
     )
     op.create_table('quarantine',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -75,8 +76,8 @@ def upgrade() -> None:
     sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('raw', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('quarantined_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('source_file', 'location')
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_quarantine')),
+    sa.UniqueConstraint('source_file', 'location', name=op.f('uq_quarantine_source_file'))
     )
     with op.batch_alter_table('quarantine', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_quarantine_reason'), ['reason'], unique=False)
@@ -91,8 +92,8 @@ def upgrade() -> None:
     sa.Column('last_job', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('last_job_at', store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_monitor_run_at', store.models.UTCDateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('process')
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_schedulerheartbeat')),
+    sa.UniqueConstraint('process', name=op.f('uq_schedulerheartbeat_process'))
     )
     op.create_table('site',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -101,8 +102,8 @@ def upgrade() -> None:
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('timezone', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('beds', sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('code')
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_site')),
+    sa.UniqueConstraint('code', name=op.f('uq_site_code'))
     )
     op.create_table('alert',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -119,8 +120,8 @@ def upgrade() -> None:
     sa.Column('acknowledged_at', store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('acknowledged_by', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('resolved_at', store.models.UTCDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.PrimaryKeyConstraint('id')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_alert_model_id_model')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_alert'))
     )
     with op.batch_alter_table('alert', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_alert_dedup_key'), ['dedup_key'], unique=False)
@@ -134,9 +135,9 @@ def upgrade() -> None:
     sa.Column('discharged_at', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('recorded_at', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('ingested_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('encounter_key')
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_encounter_site_id_site')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_encounter')),
+    sa.UniqueConstraint('encounter_key', name=op.f('uq_encounter_encounter_key'))
     )
     with op.batch_alter_table('encounter', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_encounter_ingested_at'), ['ingested_at'], unique=False)
@@ -150,9 +151,9 @@ def upgrade() -> None:
     sa.Column('messages', sa.Integer(), nullable=False),
     sa.Column('errors', sa.Integer(), nullable=False),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('feed', 'site_id', 'received_at')
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_feedstatus_site_id_site')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_feedstatus')),
+    sa.UniqueConstraint('feed', 'site_id', 'received_at', name=op.f('uq_feedstatus_feed'))
     )
     with op.batch_alter_table('feedstatus', schema=None) as batch_op:
         batch_op.create_index('ix_feedstatus_site_feed_received', ['site_id', 'feed', 'received_at'], unique=False)
@@ -166,8 +167,8 @@ def upgrade() -> None:
     sa.Column('opened_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('opened_at', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('closed_at', store.models.UTCDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.PrimaryKeyConstraint('id')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_incident_model_id_model')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_incident'))
     )
     op.create_table('metricpoint',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -188,9 +189,9 @@ def upgrade() -> None:
     sa.Column('detail', sa.JSON(), nullable=True),
     sa.Column('monitor_version', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('computed_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('monitor', 'metric', 'model_id', 'version_id', 'site_id', 'arm', 'window_start')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_metricpoint_model_id_model')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_metricpoint')),
+    sa.UniqueConstraint('monitor', 'metric', 'model_id', 'version_id', 'site_id', 'arm', 'window_start', name=op.f('uq_metricpoint_monitor'))
     )
     with op.batch_alter_table('metricpoint', schema=None) as batch_op:
         batch_op.create_index('ix_metricpoint_lookup', ['monitor', 'model_id', 'site_id', 'window_end'], unique=False)
@@ -207,9 +208,9 @@ def upgrade() -> None:
     sa.Column('calibration', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('approver', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('created_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('model_id', 'version')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_modelversion_model_id_model')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_modelversion')),
+    sa.UniqueConstraint('model_id', 'version', name=op.f('uq_modelversion_model_id'))
     )
     with op.batch_alter_table('modelversion', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_modelversion_model_id'), ['model_id'], unique=False)
@@ -222,9 +223,9 @@ def upgrade() -> None:
     sa.Column('outcome_at', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('recorded_at', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('ingested_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('encounter_key', 'outcome', 'outcome_at')
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_outcome_site_id_site')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_outcome')),
+    sa.UniqueConstraint('encounter_key', 'outcome', 'outcome_at', name=op.f('uq_outcome_encounter_key'))
     )
     with op.batch_alter_table('outcome', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_outcome_encounter_key'), ['encounter_key'], unique=False)
@@ -240,15 +241,52 @@ def upgrade() -> None:
     sa.Column('alert_threshold', sa.Float(), nullable=False),
     sa.Column('enabled', sa.Boolean(), nullable=False),
     sa.Column('started_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'unit', 'arm')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_deployment_model_id_model')),
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_deployment_site_id_site')),
+    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], name=op.f('fk_deployment_version_id_modelversion')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_deployment')),
+    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'unit', 'arm', name=op.f('uq_deployment_model_id'))
     )
     with op.batch_alter_table('deployment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_deployment_model_id'), ['model_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_deployment_site_id'), ['site_id'], unique=False)
+
+    op.create_table('inputhistogram',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('model_id', sa.Integer(), nullable=False),
+    sa.Column('version_id', sa.Integer(), nullable=False),
+    sa.Column('site_id', sa.Integer(), nullable=False),
+    sa.Column('arm', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('hour', sa.Integer(), nullable=False),
+    sa.Column('feature', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('bin', sa.Integer(), nullable=False),
+    sa.Column('n', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_inputhistogram_model_id_model')),
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_inputhistogram_site_id_site')),
+    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], name=op.f('fk_inputhistogram_version_id_modelversion')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_inputhistogram')),
+    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'arm', 'hour', 'feature', 'bin', name=op.f('uq_inputhistogram_model_id'))
+    )
+    with op.batch_alter_table('inputhistogram', schema=None) as batch_op:
+        batch_op.create_index('ix_input_model_site_hour', ['model_id', 'site_id', 'hour'], unique=False)
+
+    op.create_table('latencyhistogram',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('model_id', sa.Integer(), nullable=False),
+    sa.Column('version_id', sa.Integer(), nullable=False),
+    sa.Column('site_id', sa.Integer(), nullable=False),
+    sa.Column('arm', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('hour', sa.Integer(), nullable=False),
+    sa.Column('bin', sa.Integer(), nullable=False),
+    sa.Column('n', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_latencyhistogram_model_id_model')),
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_latencyhistogram_site_id_site')),
+    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], name=op.f('fk_latencyhistogram_version_id_modelversion')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_latencyhistogram')),
+    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'arm', 'hour', 'bin', name=op.f('uq_latencyhistogram_model_id'))
+    )
+    with op.batch_alter_table('latencyhistogram', schema=None) as batch_op:
+        batch_op.create_index('ix_latency_model_site_hour', ['model_id', 'site_id', 'hour'], unique=False)
 
     op.create_table('pageoutbox',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -263,9 +301,9 @@ def upgrade() -> None:
     sa.Column('slack_ts', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('created_at', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('sent_at', store.models.UTCDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['alert_id'], ['alert.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('dedup_key')
+    sa.ForeignKeyConstraint(['alert_id'], ['alert.id'], name=op.f('fk_pageoutbox_alert_id_alert')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pageoutbox')),
+    sa.UniqueConstraint('dedup_key', name=op.f('uq_pageoutbox_dedup_key'))
     )
     op.create_table('prediction',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -283,21 +321,23 @@ def upgrade() -> None:
     sa.Column('horizon_end', store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('score', sa.Float(), nullable=True),
     sa.Column('score_bin', sa.Integer(), nullable=True),
+    sa.Column('score_logit', sa.Float(), nullable=True),
     sa.Column('threshold', sa.Float(), nullable=True),
     sa.Column('alert', sa.Boolean(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('latency_seconds', sa.Float(), nullable=True),
+    sa.Column('latency_bin', sa.Integer(), nullable=True),
     sa.Column('degraded', sa.Boolean(), nullable=False),
     sa.Column('inputs', sa.JSON(), nullable=True),
     sa.Column('content_hash', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('label', sa.Integer(), nullable=True),
     sa.Column('settled_at', store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('ingested_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('prediction_id')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_prediction_model_id_model')),
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_prediction_site_id_site')),
+    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], name=op.f('fk_prediction_version_id_modelversion')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_prediction')),
+    sa.UniqueConstraint('prediction_id', name=op.f('uq_prediction_prediction_id'))
     )
     with op.batch_alter_table('prediction', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_prediction_encounter_key'), ['encounter_key'], unique=False)
@@ -311,6 +351,7 @@ def upgrade() -> None:
     sa.Column('model_id', sa.Integer(), nullable=False),
     sa.Column('version_id', sa.Integer(), nullable=False),
     sa.Column('site_id', sa.Integer(), nullable=False),
+    sa.Column('unit', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('arm', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('hour', sa.Integer(), nullable=False),
     sa.Column('n', sa.Integer(), nullable=False),
@@ -331,11 +372,11 @@ def upgrade() -> None:
     sa.Column('n_alert_settled', sa.Integer(), nullable=False),
     sa.Column('n_alert_positive', sa.Integer(), nullable=False),
     sa.Column('updated_at', store.models.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'arm', 'hour')
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_predictionrollup_model_id_model')),
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_predictionrollup_site_id_site')),
+    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], name=op.f('fk_predictionrollup_version_id_modelversion')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_predictionrollup')),
+    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'unit', 'arm', 'hour', name=op.f('uq_predictionrollup_model_id'))
     )
     with op.batch_alter_table('predictionrollup', schema=None) as batch_op:
         batch_op.create_index('ix_rollup_model_site_hour', ['model_id', 'site_id', 'hour'], unique=False)
@@ -353,11 +394,12 @@ def upgrade() -> None:
     sa.Column('n_settled', sa.Integer(), nullable=False),
     sa.Column('n_positive', sa.Integer(), nullable=False),
     sa.Column('sum_p_settled', sa.Float(), nullable=False),
-    sa.ForeignKeyConstraint(['model_id'], ['model.id'], ),
-    sa.ForeignKeyConstraint(['site_id'], ['site.id'], ),
-    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'arm', 'hour', 'bin')
+    sa.Column('sum_logit_settled', sa.Float(), nullable=False),
+    sa.ForeignKeyConstraint(['model_id'], ['model.id'], name=op.f('fk_scorehistogram_model_id_model')),
+    sa.ForeignKeyConstraint(['site_id'], ['site.id'], name=op.f('fk_scorehistogram_site_id_site')),
+    sa.ForeignKeyConstraint(['version_id'], ['modelversion.id'], name=op.f('fk_scorehistogram_version_id_modelversion')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_scorehistogram')),
+    sa.UniqueConstraint('model_id', 'version_id', 'site_id', 'arm', 'hour', 'bin', name=op.f('uq_scorehistogram_model_id'))
     )
     with op.batch_alter_table('scorehistogram', schema=None) as batch_op:
         batch_op.create_index('ix_hist_model_site_hour', ['model_id', 'site_id', 'hour'], unique=False)
@@ -385,6 +427,14 @@ def downgrade() -> None:
 
     op.drop_table('prediction')
     op.drop_table('pageoutbox')
+    with op.batch_alter_table('latencyhistogram', schema=None) as batch_op:
+        batch_op.drop_index('ix_latency_model_site_hour')
+
+    op.drop_table('latencyhistogram')
+    with op.batch_alter_table('inputhistogram', schema=None) as batch_op:
+        batch_op.drop_index('ix_input_model_site_hour')
+
+    op.drop_table('inputhistogram')
     with op.batch_alter_table('deployment', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_deployment_site_id'))
         batch_op.drop_index(batch_op.f('ix_deployment_model_id'))

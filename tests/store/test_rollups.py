@@ -12,7 +12,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from collectors.runner import collect_files
-from store.models import Prediction, PredictionRollup, ScoreHistogram, score_bin, table_of
+from store.models import (
+    SCORE_BIN_EDGES,
+    InputHistogram,
+    LatencyHistogram,
+    Prediction,
+    PredictionRollup,
+    ScoreHistogram,
+    latency_bin,
+    score_bin,
+    table_of,
+)
 from store.rollups import refresh
 from tests.factories import T0, encounter, outcome, prediction, write_jsonl
 
@@ -86,10 +96,13 @@ def test_rollups_equal_a_pandas_recomputation_from_raw_rows(engine: Engine, tmp_
     for n in range(1, 401):
         score = float(rng.beta(1, 20))
         status = rng.choice(["ok", "ok", "ok", "ok", "error"])
+        heart_rate = None if rng.random() < 0.1 else round(float(rng.normal(85, 20)), 1)
         records.append(
             prediction(
                 n,
                 encounter_id=f"E{n % 60}",
+                unit=str(rng.choice(["4W", "5E"])),
+                inputs={"heart_rate": heart_rate, "lactate": 1.0},
                 scored=T0 + timedelta(minutes=int(rng.integers(0, 72 * 60))),
                 site=str(rng.choice(["UMC", "RVH"])),
                 arm=str(rng.choice(["control", "canary"])),
@@ -112,13 +125,15 @@ def test_rollups_equal_a_pandas_recomputation_from_raw_rows(engine: Engine, tmp_
         raw = pd.read_sql(sa.select(P), conn)
         rollup = pd.read_sql(sa.select(table_of(PredictionRollup)), conn)
         hist = pd.read_sql(sa.select(table_of(ScoreHistogram)), conn)
+        latency = pd.read_sql(sa.select(table_of(LatencyHistogram)), conn)
+        inputs = pd.read_sql(sa.select(table_of(InputHistogram)), conn)
     assert raw["label"].notna().all()  # a week on, everything has settled
     raw["ok"] = raw["status"] == "ok"
     raw["settled_ok"] = raw["ok"] & raw["label"].notna()
     raw["p_settled"] = np.where(raw["settled_ok"], raw["score"].fillna(0), 0.0)
     raw["pos"] = raw["settled_ok"] & (raw["label"] == 1)
     expected = (
-        raw.groupby(["model_id", "version_id", "site_id", "arm", "scored_hour"])
+        raw.groupby(["model_id", "version_id", "site_id", "unit", "arm", "scored_hour"])
         .agg(
             n=("id", "size"),
             n_ok=("ok", "sum"),
@@ -131,7 +146,7 @@ def test_rollups_equal_a_pandas_recomputation_from_raw_rows(engine: Engine, tmp_
     )
     got = rollup.merge(
         expected,
-        on=["model_id", "version_id", "site_id", "arm", "hour"],
+        on=["model_id", "version_id", "site_id", "unit", "arm", "hour"],
         suffixes=("", "_pandas"),
         how="outer",
         indicator=True,
@@ -145,6 +160,18 @@ def test_rollups_equal_a_pandas_recomputation_from_raw_rows(engine: Engine, tmp_
     assert hist["n"].sum() == len(ok)
     bins = ok["score"].map(score_bin).value_counts().sort_index()
     assert hist.groupby("bin")["n"].sum().sort_index().to_dict() == bins.to_dict()
+    # Latency: the factory delivers 63 s after the trigger: every scored row is in one bin.
+    assert latency.groupby("bin")["n"].sum().to_dict() == {latency_bin(63.0): len(ok)}
+    # Inputs: heart rate binned with the registry's edges, missing values in bin -1.
+    edges = [40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 160]
+    rates = ok["inputs"].map(lambda d: d.get("heart_rate"))
+    expected_bins = np.where(rates.isna(), -1, np.searchsorted(edges, rates.fillna(0), "right"))
+    got_bins = inputs[inputs["feature"] == "heart_rate"].groupby("bin")["n"].sum().to_dict()
+    want = pd.Series(expected_bins).value_counts().to_dict()
+    assert got_bins == want
+    assert set(inputs["feature"]) == {
+        "heart_rate", "resp_rate", "sbp", "spo2", "lactate", "age"
+    }  # fmt: skip
 
 
 def test_refresh_only_rebuilds_hours_touched_since_the_last_run(
@@ -171,7 +198,17 @@ def test_refresh_only_rebuilds_hours_touched_since_the_last_run(
 
 
 @pytest.mark.parametrize(
-    ("score", "expected"), [(0.0, 0), (0.0009, 0), (0.001, 1), (0.5, 15), (1.0, 19)]
+    ("score", "expected"),
+    [(0.0, 0), (0.0004, 0), (0.0005, 1), (0.02, 13), (0.5, 31), (0.9999, 39), (1.0, 39)],
 )
 def test_score_bins(score: float, expected: int) -> None:
     assert score_bin(score) == expected
+    assert SCORE_BIN_EDGES[expected] <= score
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(-3.0, 0), (0.0, 0), (4.9, 0), (5.0, 1), (299.0, 12), (300.0, 13), (9999.0, 22)],
+)
+def test_latency_bins(seconds: float, expected: int) -> None:
+    assert latency_bin(seconds) == expected
