@@ -13,6 +13,7 @@ help:
 	@echo "make run    - set up (venv, install, migrate, demo data) and serve http://localhost:8501"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
+	@echo "make bench  - run the benchmarks and write BENCHMARKS.md"
 	@echo "make clean-data - delete the demo store and files (data/)"
 
 $(BIN)/python:
@@ -31,6 +32,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/vigil bench
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -280,6 +281,28 @@ def serve(
         pass
     finally:
         stop()
+
+
+@app.command()
+def bench(
+    smoke: Annotated[bool, typer.Option(help="CI's small size; not representative.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these benchmark modules.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Report file.")] = Path("BENCHMARKS.md"),
+) -> None:
+    """Run the benchmarks (each against its baseline, median of runs) and write BENCHMARKS.md."""
+    from bench.report import run_all
+
+    figures = run_all(smoke=smoke, only=only, out=out)
+    typer.echo(f"{len(figures)} figures written to {out}")
+
+
+# Each area's commands live in vigil/commands/<area>.py, which exposes register(app);
+# add the module's name to AREAS to put its commands on the `vigil` command line.
+AREAS: tuple[str, ...] = ()
+for _area in AREAS:
+    importlib.import_module(f"vigil.commands.{_area}").register(app)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Benchmarks: speed measured against a baseline in the same process, written to BENCHMARKS.md."""

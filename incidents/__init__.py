@@ -1,0 +1,1 @@
+"""Incident response: alerts, kill switch, audit, paging, runbooks."""

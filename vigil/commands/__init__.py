@@ -1,0 +1,1 @@
+"""CLI commands of each area; each module exposes register(app: typer.Typer)."""
