@@ -16,7 +16,7 @@ from bench.core import Figure
 logger = logging.getLogger(__name__)
 
 # Benchmark modules, in report order; each exposes run(*, smoke: bool) -> list[Figure].
-MODULES: list[str] = []
+MODULES: list[str] = ["bench.ingest", "bench.scheduler_cycle", "bench.drift"]
 
 
 def machine_description() -> str:

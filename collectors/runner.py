@@ -1,63 +1,158 @@
-"""Route source files to their collector, and watch the drop folder."""
+"""Route source files to their format and sink by name, and collect the drop folder.
+
+A file's name says what it holds: `<source>-<anything>.<extension>` (see `SOURCES`), e.g.
+`predictions-2026-09-01.csv` or `adt-umc-0900.hl7`. Bulk FHIR exports keep their own names
+(`RiskAssessment.ndjson`, `RiskAssessment-2.ndjson`): the match is case-insensitive.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from collectors.base import FileUnreadable, IngestResult, RecordSink, ingest_jsonl
-from collectors.sinks import EncounterSink, HeartbeatSink, OutcomeSink, PredictionSink
-from store.models import utcnow
+from collectors.base import (
+    BATCH_UNITS,
+    FileUnreadable,
+    IngestResult,
+    RecordSink,
+    SourceFormat,
+    ingest_file,
+)
+from collectors.contracts import (
+    AdtMessage,
+    EncounterRecord,
+    HeartbeatRecord,
+    OutcomeRecord,
+    PredictionRecord,
+)
+from collectors.fhir import RiskAssessmentNdjson
+from collectors.formats import CsvRecords, JsonLines, ParquetRows
+from collectors.hl7v2 import Hl7Messages
+from collectors.sinks import (
+    AdtFeedSink,
+    EncounterSink,
+    HeartbeatSink,
+    OutcomeSink,
+    PredictionSink,
+)
+from store.models import Site, table_of, utcnow
 from store.registry import RegistryLookup
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("predictions", "outcomes", "encounters", "heartbeats")
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of input: its file-name prefix, contract and accepted file formats."""
+
+    name: str
+    contract: type[Any]
+    extensions: tuple[str, ...]
+    title: str
 
 
-def kind_of(path: Path) -> str:
-    """The source kind a file holds, from its name: `<kind>-<anything>.jsonl`."""
+SOURCES: tuple[Source, ...] = (
+    Source("predictions", PredictionRecord, (".jsonl", ".csv", ".parquet"), "Prediction logs"),
+    Source("riskassessment", PredictionRecord, (".ndjson",), "FHIR R4 RiskAssessment (Bulk FHIR)"),
+    Source("outcomes", OutcomeRecord, (".jsonl", ".csv"), "Outcome labels"),
+    Source("encounters", EncounterRecord, (".jsonl", ".csv"), "Encounter closures"),
+    Source("heartbeats", HeartbeatRecord, (".jsonl", ".csv"), "Feed heartbeats"),
+    Source("adt", AdtMessage, (".hl7",), "HL7 v2 ADT messages"),
+)
+EXTENSIONS = tuple(sorted({e for s in SOURCES for e in s.extensions}))
+_ORDER = {s.name: i for i, s in enumerate(SOURCES)}
+# Files being written: the drop-folder convention is to write under one of these and rename.
+_IN_PROGRESS = (".partial", ".tmp", ".part")
+
+
+def source_of(path: Path) -> tuple[Source, str]:
+    """The source a file holds and its format (extension), from the file's name."""
     name = path.name.lower()
-    for kind in KINDS:
-        if name.startswith(kind) and name.endswith(".jsonl"):
-            return kind
-    raise FileUnreadable(
-        path, f"unknown source: expected a name like '<{'|'.join(KINDS)}>-*.jsonl'"
-    )
+    for source in SOURCES:
+        if name.startswith(source.name):
+            for extension in source.extensions:
+                if name.endswith(extension):
+                    return source, extension
+            accepted = ", ".join(source.extensions)
+            raise FileUnreadable(path, f"a {source.name} file must end with one of {accepted}")
+    names = "|".join(s.name for s in SOURCES)
+    raise FileUnreadable(path, f"unknown source: expected a name like '<{names}>-*.<format>'")
 
 
-def sink_for(kind: str, registry: RegistryLookup, secret: str) -> RecordSink[Any]:
-    if kind == "predictions":
+def site_timezones(engine: Engine) -> dict[str, str]:
+    sites = table_of(Site)
+    with engine.connect() as conn:
+        return {
+            code: zone for code, zone in conn.execute(sa.select(sites.c.code, sites.c.timezone))
+        }
+
+
+def reader_for(source: Source, extension: str, *, timezones: dict[str, str]) -> SourceFormat[Any]:
+    """A fresh reader for one file (readers keep the file's hashing state)."""
+    if source.name == "riskassessment":
+        return RiskAssessmentNdjson()
+    if source.name == "adt":
+        return Hl7Messages(timezones)
+    if extension == ".csv":
+        return CsvRecords(source.contract)
+    if extension == ".parquet":
+        return ParquetRows(source.contract)
+    return JsonLines(source.contract)
+
+
+def sink_for(
+    source: Source, registry: RegistryLookup, secret: str, *, received_at: datetime
+) -> RecordSink[Any]:
+    if source.contract is PredictionRecord:
         return PredictionSink(registry, secret)
-    if kind == "outcomes":
+    if source.name == "outcomes":
         return OutcomeSink(registry, secret)
-    if kind == "encounters":
+    if source.name == "encounters":
         return EncounterSink(registry, secret)
+    if source.name == "adt":
+        return AdtFeedSink(registry, received_at)
     return HeartbeatSink(registry)
 
 
+def _wanted(path: Path) -> bool:
+    name = path.name.lower()
+    return (
+        path.is_file()
+        and not name.startswith(".")
+        and not name.endswith(_IN_PROGRESS)
+        and name.endswith(EXTENSIONS)
+    )
+
+
 def expand(paths: Iterable[Path]) -> list[Path]:
-    """Files named, and the source files inside folders named, in a stable ingest order."""
+    """Files named, and the source files inside folders named, in a stable ingest order.
+
+    Inside folders, hidden files, files still being written (`*.partial`, `*.tmp`, `*.part`)
+    and files of no known format are left alone.
+    """
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*.jsonl")) if p.is_file())
+            found.extend(p for p in sorted(path.rglob("*")) if _wanted(p))
         else:
             found.append(path)
-    # Predictions before outcomes so labels settle in one pass; then by name (time order).
-    order = {k: i for i, k in enumerate(KINDS)}
 
-    def sort_key(p: Path) -> tuple[str, int]:
+    # Predictions before labels so labels settle in one pass; then by name (time order).
+    def sort_key(p: Path) -> tuple[str, int, str]:
         try:
-            return (p.name.split("-", 1)[-1], order[kind_of(p)])
+            source, extension = source_of(p)
         except FileUnreadable:
-            return (p.name, len(KINDS))
+            return (p.name, len(SOURCES), "")
+        rest = p.name[len(source.name) : len(p.name) - len(extension)].lstrip("-_.")
+        return (rest, _ORDER[source.name], p.name)
 
     return sorted(found, key=sort_key)
 
@@ -69,13 +164,31 @@ def collect_files(
     secret: str,
     now: Callable[[], datetime] = utcnow,
     on_file: Callable[[Path, IngestResult | FileUnreadable], None] | None = None,
+    batch_units: int = BATCH_UNITS,
+    progress: Callable[[int], None] | None = None,
+    helper: bool | None = None,
 ) -> Iterator[IngestResult | FileUnreadable]:
-    """Ingest each file; an unreadable file is reported and skipped, the others still land."""
+    """Ingest each file; an unreadable file is reported and skipped, the others still land.
+
+    `helper`: prepare chunks in helper processes (None: for large files; see `ingest_file`).
+    """
     registry = RegistryLookup.load(engine)
+    timezones = site_timezones(engine)
     for path in expand(paths):
         outcome: IngestResult | FileUnreadable
         try:
-            outcome = ingest_jsonl(engine, path, sink_for(kind_of(path), registry, secret), now=now)
+            source, extension = source_of(path)
+            outcome = ingest_file(
+                engine,
+                path,
+                reader_for(source, extension, timezones=timezones),
+                sink_for(source, registry, secret, received_at=now()),
+                kind=source.name,
+                now=now,
+                batch_units=batch_units,
+                progress=progress,
+                helper=helper,
+            )
         except FileUnreadable as exc:
             logger.error("%s", exc)
             outcome = exc
@@ -92,7 +205,10 @@ def collect_inbox(
     secret: str,
     now: Callable[[], datetime] = utcnow,
 ) -> list[IngestResult | FileUnreadable]:
-    """Ingest every file in the drop folder, then move each finished file out of it."""
+    """Ingest every file in the drop folder, then move each finished file out of it.
+
+    Unreadable files go to `<processed>/rejected/`, the others to `<processed>/<date>/`.
+    """
     if not inbox.exists():
         return []
     results = []

@@ -1,33 +1,47 @@
-"""One sink per JSON Lines source kind: translate validated records into store rows."""
+"""One sink per source kind: translate validated records into store rows.
+
+Every sink is idempotent on its natural key, so a file read twice adds nothing: predictions on
+`prediction_id` (a known id with other content is refused as `duplicate_conflict`, never
+overwritten), outcomes on (encounter, outcome, time), closures on the encounter, heartbeats on
+(feed, site, received_at). HL7 feed counts accumulate per (feed, site, received_at) in the
+same transaction as the file's checkpoint, so they are exact across a crash too.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import timedelta
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import to_json
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from collectors.base import IngestResult, Located
+from collectors.base import Batch, IngestResult, Prepared
+from collectors.bulkload import PYDANTIC_UTC, insert_rows, utc_text
 from collectors.contracts import (
+    AdtMessage,
     ContractViolation,
     EncounterRecord,
     HeartbeatRecord,
     OutcomeRecord,
     PredictionRecord,
 )
-from collectors.pseudonym import encounter_key
+from collectors.hl7v2 import FeedFault
+from collectors.pseudonym import EncounterKeys
 from store.bulk import insert_ignoring_conflicts
 from store.models import (
+    LATENCY_BIN_EDGES,
+    SCORE_BIN_EDGES,
+    SCORE_BINS,
     Encounter,
     FeedStatus,
     Outcome,
     Prediction,
-    latency_bin,
-    score_bin,
-    score_logit,
     table_of,
     utcnow,
 )
@@ -38,6 +52,36 @@ OUTCOMES = table_of(Outcome)
 ENCOUNTERS = table_of(Encounter)
 FEEDS = table_of(FeedStatus)
 
+# The prediction columns a collector writes; label and settled_at start NULL (pending).
+PREDICTION_COLUMNS = (
+    "prediction_id",
+    "model_id",
+    "version_id",
+    "site_id",
+    "unit",
+    "arm",
+    "encounter_key",
+    "trigger_at",
+    "scored_at",
+    "delivered_at",
+    "scored_hour",
+    "horizon_end",
+    "score",
+    "score_bin",
+    "score_logit",
+    "threshold",
+    "alert",
+    "status",
+    "latency_seconds",
+    "latency_bin",
+    "degraded",
+    "inputs",
+    "content_hash",
+    "ingested_at",
+)
+_HASH = PREDICTION_COLUMNS.index("content_hash")
+_IN_LIST = 5000  # prediction ids per IN (...) lookup
+
 
 def _unknown_site(code: str) -> ContractViolation:
     return ContractViolation("unknown_site", f"site {code!r} is not in the registry")
@@ -45,135 +89,202 @@ def _unknown_site(code: str) -> ContractViolation:
 
 @dataclass
 class PredictionSink:
-    """Prediction log rows → `prediction`, idempotent on prediction_id."""
+    """Prediction records → `prediction`, idempotent on prediction_id."""
 
     registry: RegistryLookup
     secret: str
     kind: str = "predictions"
-    contract: type[PredictionRecord] = PredictionRecord
+    _keys: EncounterKeys = field(init=False, repr=False)
+    _models: dict[str, tuple[int, timedelta]] = field(init=False, repr=False)
 
-    def write(
-        self, conn: Connection, batch: list[Located[PredictionRecord]], result: IngestResult
-    ) -> list[tuple[int, ContractViolation]]:
-        refused: list[tuple[int, ContractViolation]] = []
-        rows: dict[str, dict[str, Any]] = {}
-        now = utcnow()
-        for item in batch:
-            rec = item.record
-            model = self.registry.models.get(rec.model)
+    def __post_init__(self) -> None:
+        self._keys = EncounterKeys(self.secret)
+        self._models = {
+            name: (model.id or 0, timedelta(hours=model.horizon_hours))
+            for name, model in self.registry.models.items()
+        }
+
+    def prepare(self, batch: Batch[PredictionRecord]) -> Prepared:
+        """Store rows (PREDICTION_COLUMNS order); refused: unknown names and conflicting
+        duplicates within the batch."""
+        prepared = Prepared()
+        refused, rows, origin = prepared.refused, prepared.rows, prepared.origin
+        seen: dict[str, int] = {}
+        models, versions, sites = self._models, self.registry.versions, self.registry.sites
+        keys, known = self._keys, self._keys.known
+        blake2b, log, bisect = hashlib.blake2b, math.log, bisect_right
+        score_edges, latency_edges = SCORE_BIN_EDGES, LATENCY_BIN_EDGES
+        hours: dict[str, int] = {}
+        utc = PYDANTIC_UTC
+        ingested = utc_text(utcnow())
+        for index, rec in enumerate(batch.records):
+            model = models.get(rec.model)
             if model is None:
-                refused.append((item.line, ContractViolation("unknown_model", rec.model)))
+                refused.append((index, ContractViolation("unknown_model", rec.model)))
                 continue
-            version_id = self.registry.versions.get((rec.model, rec.model_version))
+            version_id = versions.get((rec.model, rec.model_version))
             if version_id is None:
                 detail = f"{rec.model} {rec.model_version} is not a registered version"
-                refused.append((item.line, ContractViolation("unknown_version", detail)))
+                refused.append((index, ContractViolation("unknown_version", detail)))
                 continue
-            site_id = self.registry.sites.get(rec.site)
+            site_id = sites.get(rec.site)
             if site_id is None:
-                refused.append((item.line, _unknown_site(rec.site)))
+                refused.append((index, _unknown_site(rec.site)))
                 continue
-            digest = hashlib.sha256(rec.model_dump_json().encode()).hexdigest()[:32]
-            if rec.prediction_id in rows:
-                self._duplicate(
-                    item.line, rows[rec.prediction_id]["content_hash"], digest, refused, result
-                )
-                continue
-            latency = None
-            if rec.delivered_at is not None:
-                latency = (rec.delivered_at - rec.trigger_at).total_seconds()
-            rows[rec.prediction_id] = {
-                "prediction_id": rec.prediction_id,
-                "model_id": model.id,
-                "version_id": version_id,
-                "site_id": site_id,
-                "unit": rec.unit,
-                "arm": rec.arm,
-                "encounter_key": encounter_key(rec.encounter_id, self.secret),
-                "trigger_at": rec.trigger_at,
-                "scored_at": rec.scored_at,
-                "delivered_at": rec.delivered_at,
-                "scored_hour": int(rec.scored_at.timestamp() // 3600),
-                "horizon_end": rec.scored_at + timedelta(hours=model.horizon_hours),
-                "score": rec.score,
-                "score_bin": None if rec.score is None else score_bin(rec.score),
-                "score_logit": None if rec.score is None else score_logit(rec.score),
-                "threshold": rec.threshold,
-                "alert": rec.alert,
-                "status": rec.status,
-                "latency_seconds": latency,
-                "latency_bin": None if latency is None else latency_bin(latency),
-                "degraded": False,
-                "inputs": rec.inputs,
-                "content_hash": digest,
-                "label": None,
-                "settled_at": None,
-                "ingested_at": now,
-                "_line": item.line,
-            }
-        if rows:
-            existing = dict(
-                conn.execute(
-                    sa.select(PREDICTIONS.c.prediction_id, PREDICTIONS.c.content_hash).where(
-                        PREDICTIONS.c.prediction_id.in_(list(rows))
-                    )
-                ).all()
+            encounter = known.get(rec.encounter_id) or keys(rec.encounter_id)
+            # utc_text, written out: four timestamps per row
+            trigger_at, scored_at, delivered_at = rec.trigger_at, rec.scored_at, rec.delivered_at
+            if trigger_at.tzinfo is not utc:
+                trigger_at = trigger_at.astimezone(UTC)
+            if scored_at.tzinfo is not utc:
+                scored_at = scored_at.astimezone(UTC)
+            trigger = trigger_at.isoformat(" ", "microseconds")[:26]
+            scored = scored_at.isoformat(" ", "microseconds")[:26]
+            horizon_end = (scored_at + model[1]).isoformat(" ", "microseconds")[:26]
+            if delivered_at is None:
+                delivered = latency = lat_bin = None
+            else:
+                if delivered_at.tzinfo is not utc:
+                    delivered_at = delivered_at.astimezone(UTC)
+                delivered = delivered_at.isoformat(" ", "microseconds")[:26]
+                latency = (delivered_at - trigger_at).total_seconds()
+                lat_bin = max(bisect(latency_edges, latency) - 1, 0)  # latency_bin
+            score = rec.score
+            if score is None:
+                bin_ = logit = None
+            else:
+                bin_ = min(bisect(score_edges, score) - 1, SCORE_BINS - 1)  # score_bin
+                clipped = min(max(score, 1e-6), 1 - 1e-6)  # score_logit
+                logit = log(clipped / (1 - clipped))
+            hour = hours.get(scored[:13])
+            if hour is None:
+                hour = hours[scored[:13]] = int(scored_at.timestamp() // 3600)
+            inputs = rec.inputs
+            inputs_json = None if inputs is None else to_json(dict(sorted(inputs.items()))).decode()
+            content = (
+                f"{rec.prediction_id}\x1f{rec.model}\x1f{rec.model_version}\x1f{rec.site}\x1f"
+                f"{rec.unit}\x1f{encounter}\x1f{trigger}\x1f{scored}\x1f{delivered}\x1f"
+                f"{score!r}\x1f{rec.threshold!r}\x1f{rec.alert:d}\x1f{rec.arm}\x1f{rec.status}"
+                f"\x1f{inputs_json}"
             )
-            for pid, known_hash in existing.items():
-                row = rows.pop(pid)
-                self._duplicate(row["_line"], known_hash, row["content_hash"], refused, result)
-            fresh = [{k: v for k, v in r.items() if k != "_line"} for r in rows.values()]
-            insert_ignoring_conflicts(conn, PREDICTIONS, fresh)
-            result.inserted += len(fresh)
+            digest = blake2b(content.encode(), digest_size=16).hexdigest()
+            earlier = seen.get(rec.prediction_id)
+            if earlier is not None:
+                if rows[earlier][_HASH] == digest:
+                    prepared.duplicates += 1
+                else:
+                    refused.append((index, _conflict()))
+                continue
+            seen[rec.prediction_id] = len(rows)
+            origin.append(index)
+            rows.append(
+                (
+                    rec.prediction_id,
+                    model[0],
+                    version_id,
+                    site_id,
+                    rec.unit,
+                    rec.arm,
+                    encounter,
+                    trigger,
+                    scored,
+                    delivered,
+                    hour,
+                    horizon_end,
+                    score,
+                    bin_,
+                    logit,
+                    rec.threshold,
+                    rec.alert,
+                    rec.status,
+                    latency,
+                    lat_bin,
+                    False,
+                    inputs_json,
+                    digest,
+                    ingested,
+                )
+            )
+        return prepared
+
+    def apply(
+        self, conn: Connection, prepared: Prepared, result: IngestResult
+    ) -> list[tuple[int, ContractViolation]]:
+        rows, origin = prepared.rows, prepared.origin
+        refused: list[tuple[int, ContractViolation]] = []
+        inserted = insert_rows(conn, PREDICTIONS, PREDICTION_COLUMNS, rows)
+        result.inserted += inserted
+        if inserted < len(rows):
+            # Some ids were stored before: the same content is a duplicate, other content a
+            # conflict. (Rows inserted just now match their own hash.)
+            stored = _stored_hashes(conn, [row[0] for row in rows])
+            conflicts = 0
+            for row, index in zip(rows, origin, strict=True):
+                if stored.get(row[0]) != row[_HASH]:
+                    refused.append((index, _conflict()))
+                    conflicts += 1
+            result.duplicates += len(rows) - inserted - conflicts
         return refused
 
-    @staticmethod
-    def _duplicate(
-        line: int,
-        known_hash: str,
-        new_hash: str,
-        refused: list[tuple[int, ContractViolation]],
-        result: IngestResult,
-    ) -> None:
-        if known_hash == new_hash:
-            result.duplicates += 1
-        else:
-            detail = "prediction_id already stored with different content; kept the first"
-            refused.append((line, ContractViolation("duplicate_conflict", detail)))
+
+def _conflict() -> ContractViolation:
+    return ContractViolation(
+        "duplicate_conflict", "prediction_id already stored with different content; kept the first"
+    )
 
 
-def _count_new(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
-    return insert_ignoring_conflicts(conn, table, rows)
+def _stored_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _IN_LIST):
+        part = ids[start : start + _IN_LIST]
+        query = sa.select(PREDICTIONS.c.prediction_id, PREDICTIONS.c.content_hash).where(
+            PREDICTIONS.c.prediction_id.in_(part)
+        )
+        found.update((pid, digest) for pid, digest in conn.execute(query).all())
+    return found
+
+
+class _InsertNew:
+    """`apply` for sinks whose rows are dicts inserted idempotently on a unique key."""
+
+    table: sa.Table
+
+    def apply(
+        self, conn: Connection, prepared: Prepared, result: IngestResult
+    ) -> list[tuple[int, ContractViolation]]:
+        added = insert_ignoring_conflicts(conn, self.table, prepared.rows)
+        result.inserted += added
+        result.duplicates += len(prepared.rows) - added
+        return []
 
 
 @dataclass
-class OutcomeSink:
-    """Outcome rows → `outcome`, idempotent on (encounter, outcome, time)."""
+class OutcomeSink(_InsertNew):
+    """Outcome records → `outcome`, idempotent on (encounter, outcome, time)."""
 
     registry: RegistryLookup
     secret: str
     kind: str = "outcomes"
-    contract: type[OutcomeRecord] = OutcomeRecord
+    table = OUTCOMES
 
-    def write(
-        self, conn: Connection, batch: list[Located[OutcomeRecord]], result: IngestResult
-    ) -> list[tuple[int, ContractViolation]]:
-        refused: list[tuple[int, ContractViolation]] = []
-        outcomes = {m.outcome for m in self.registry.models.values()}
-        rows = []
+    def __post_init__(self) -> None:
+        self._keys = EncounterKeys(self.secret)
+        self._outcomes = {m.outcome for m in self.registry.models.values()}
+
+    def prepare(self, batch: Batch[OutcomeRecord]) -> Prepared:
+        prepared = Prepared()
         now = utcnow()
-        for item in batch:
-            rec = item.record
+        for index, rec in enumerate(batch.records):
             site_id = self.registry.sites.get(rec.site)
             if site_id is None:
-                refused.append((item.line, _unknown_site(rec.site)))
-            elif rec.outcome not in outcomes:
+                prepared.refused.append((index, _unknown_site(rec.site)))
+            elif rec.outcome not in self._outcomes:
                 detail = f"no registered model predicts {rec.outcome!r}"
-                refused.append((item.line, ContractViolation("unknown_outcome", detail)))
+                prepared.refused.append((index, ContractViolation("unknown_outcome", detail)))
             else:
-                rows.append(
+                prepared.rows.append(
                     {
-                        "encounter_key": encounter_key(rec.encounter_id, self.secret),
+                        "encounter_key": self._keys(rec.encounter_id),
                         "site_id": site_id,
                         "outcome": rec.outcome,
                         "outcome_at": rec.outcome_at,
@@ -181,36 +292,32 @@ class OutcomeSink:
                         "ingested_at": now,
                     }
                 )
-        added = _count_new(conn, OUTCOMES, rows)
-        result.inserted += added
-        result.duplicates += len(rows) - added
-        return refused
+        return prepared
 
 
 @dataclass
-class EncounterSink:
+class EncounterSink(_InsertNew):
     """Encounter closures → `encounter`, idempotent on the encounter."""
 
     registry: RegistryLookup
     secret: str
     kind: str = "encounters"
-    contract: type[EncounterRecord] = EncounterRecord
+    table = ENCOUNTERS
 
-    def write(
-        self, conn: Connection, batch: list[Located[EncounterRecord]], result: IngestResult
-    ) -> list[tuple[int, ContractViolation]]:
-        refused: list[tuple[int, ContractViolation]] = []
-        rows = []
+    def __post_init__(self) -> None:
+        self._keys = EncounterKeys(self.secret)
+
+    def prepare(self, batch: Batch[EncounterRecord]) -> Prepared:
+        prepared = Prepared()
         now = utcnow()
-        for item in batch:
-            rec = item.record
+        for index, rec in enumerate(batch.records):
             site_id = self.registry.sites.get(rec.site)
             if site_id is None:
-                refused.append((item.line, _unknown_site(rec.site)))
+                prepared.refused.append((index, _unknown_site(rec.site)))
                 continue
-            rows.append(
+            prepared.rows.append(
                 {
-                    "encounter_key": encounter_key(rec.encounter_id, self.secret),
+                    "encounter_key": self._keys(rec.encounter_id),
                     "site_id": site_id,
                     "unit": rec.unit,
                     "admitted_at": rec.admitted_at,
@@ -219,32 +326,25 @@ class EncounterSink:
                     "ingested_at": now,
                 }
             )
-        added = _count_new(conn, ENCOUNTERS, rows)
-        result.inserted += added
-        result.duplicates += len(rows) - added
-        return refused
+        return prepared
 
 
 @dataclass
-class HeartbeatSink:
+class HeartbeatSink(_InsertNew):
     """Interface-engine heartbeats → `feedstatus`, idempotent on (feed, site, received_at)."""
 
     registry: RegistryLookup
     kind: str = "heartbeats"
-    contract: type[HeartbeatRecord] = HeartbeatRecord
+    table = FEEDS
 
-    def write(
-        self, conn: Connection, batch: list[Located[HeartbeatRecord]], result: IngestResult
-    ) -> list[tuple[int, ContractViolation]]:
-        refused: list[tuple[int, ContractViolation]] = []
-        rows = []
-        for item in batch:
-            rec = item.record
+    def prepare(self, batch: Batch[HeartbeatRecord]) -> Prepared:
+        prepared = Prepared()
+        for index, rec in enumerate(batch.records):
             site_id = self.registry.sites.get(rec.site)
             if site_id is None:
-                refused.append((item.line, _unknown_site(rec.site)))
+                prepared.refused.append((index, _unknown_site(rec.site)))
                 continue
-            rows.append(
+            prepared.rows.append(
                 {
                     "feed": rec.feed.upper(),
                     "site_id": site_id,
@@ -255,7 +355,77 @@ class HeartbeatSink:
                     "source": "heartbeat",
                 }
             )
-        added = _count_new(conn, FEEDS, rows)
-        result.inserted += added
-        result.duplicates += len(rows) - added
-        return refused
+        return prepared
+
+
+@dataclass
+class AdtFeedSink:
+    """HL7 ADT messages → one `feedstatus` row per (feed, site) per ingest of a file.
+
+    `received_at` is when the collector read the file; messages and errors (messages refused
+    by their contract) add up over the file's chunks, and last_event_at is the latest event.
+    """
+
+    registry: RegistryLookup
+    received_at: datetime
+    kind: str = "adt"
+
+    def prepare(self, batch: Batch[AdtMessage | FeedFault]) -> Prepared:
+        prepared = Prepared()
+        feeds: dict[tuple[str, int], list[Any]] = {}
+        for index, rec in enumerate(batch.records):
+            site = rec.site if isinstance(rec, FeedFault) else rec.sending_facility
+            site_id = self.registry.sites.get(site)
+            if site_id is None:
+                prepared.refused.append((index, _unknown_site(site)))
+                continue
+            entry = feeds.setdefault((rec.feed, site_id), [0, 0, None])
+            entry[0] += 1
+            if isinstance(rec, FeedFault):
+                entry[1] += 1
+                prepared.refused.append((index, rec.violation))
+                continue
+            if entry[2] is None or rec.last_event_at > entry[2]:
+                entry[2] = rec.last_event_at
+        prepared.rows = [
+            {
+                "feed": feed,
+                "site_id": site_id,
+                "last_event_at": last,
+                "received_at": self.received_at,
+                "messages": messages,
+                "errors": errors,
+                "source": "hl7",
+            }
+            for (feed, site_id), (messages, errors, last) in feeds.items()
+        ]
+        return prepared
+
+    def apply(
+        self, conn: Connection, prepared: Prepared, result: IngestResult
+    ) -> list[tuple[int, ContractViolation]]:
+        if prepared.rows:
+            _accumulate_feeds(conn, prepared.rows)
+        result.inserted += sum(row["messages"] - row["errors"] for row in prepared.rows)
+        return []
+
+
+def _accumulate_feeds(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(FEEDS)
+        latest = sa.func.greatest(FEEDS.c.last_event_at, stmt.excluded.last_event_at)
+    else:
+        stmt = sqlite.insert(FEEDS)
+        mine, theirs = FEEDS.c.last_event_at, stmt.excluded.last_event_at
+        # SQLite's two-argument max() is NULL if either is; timestamps compare as text.
+        latest = sa.func.max(sa.func.coalesce(mine, theirs), sa.func.coalesce(theirs, mine))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["feed", "site_id", "received_at"],
+        set_={
+            "messages": FEEDS.c.messages + stmt.excluded.messages,
+            "errors": FEEDS.c.errors + stmt.excluded.errors,
+            "last_event_at": latest,
+        },
+    )
+    conn.execute(stmt, rows)

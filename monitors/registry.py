@@ -54,4 +54,47 @@ def default_registry() -> MonitorRegistry:
         interval_seconds=300,
         runbook="calibration-drift",
     )
+    # Clinical-quality monitors (calibration, its drift over time, discrimination, data drift).
+    from monitors.drift_runner import run_drift
+    from monitors.sequential_runner import run_calibration_drift
+    from monitors.windowed import run_calibration, run_discrimination
+
+    registry.register(
+        "calibration", run_calibration, interval_seconds=300, runbook="calibration-shape"
+    )
+    registry.register(
+        "calibration_drift",
+        run_calibration_drift,
+        interval_seconds=300,
+        runbook="calibration-change",
+    )
+    registry.register(
+        "discrimination", run_discrimination, interval_seconds=300, runbook="discrimination-drop"
+    )
+    registry.register("drift", run_drift, interval_seconds=300, runbook="data-drift")
+    # Operational monitors: SLO burn rates and feeds every minute (their page windows are
+    # minutes long), alert burden every 15 min (hourly buckets), site comparison hourly.
+    from monitors.alert_burden import run_alert_burden
+    from monitors.freshness import run_feed_freshness
+    from monitors.sites import run_site_comparison
+    from monitors.slo import run_availability_slo, run_latency_slo
+
+    registry.register("latency_slo", run_latency_slo, interval_seconds=60, runbook="latency-burn")
+    registry.register(
+        "availability_slo", run_availability_slo, interval_seconds=60, runbook="availability-burn"
+    )
+    registry.register(
+        "feed_freshness", run_feed_freshness, interval_seconds=60, runbook="stale-feed"
+    )
+    registry.register(
+        "alert_burden", run_alert_burden, interval_seconds=900, runbook="alert-volume"
+    )
+    registry.register(
+        "site_comparison", run_site_comparison, interval_seconds=3600, runbook="site-outlier"
+    )
+    # Canary versus control: judged and watched every cycle (the always-valid test makes
+    # looking this often safe).
+    from monitors.canary_runner import run_canary
+
+    registry.register("canary", run_canary, interval_seconds=300, runbook="failed-canary")
     return registry

@@ -1,31 +1,49 @@
 """The scheduler process: collects the drop folder, refreshes rollups and runs every monitor.
 
 It runs in its own process (`vigil schedule`), never inside Streamlit, with a persistent
-SQLAlchemy job store, coalescing, one instance per job, and a heartbeat row the dashboard reads.
-Job functions are module-level so the persistent store can refer to them by name.
+SQLAlchemy job store (pool_pre_ping), coalescing, one instance per job, and a heartbeat row
+the dashboard reads. Job functions are module-level so the persistent store can refer to them
+by name.
+
+The chain: `collect` (every minute) ingests the drop folder and refreshes the rollups; each
+registered monitor runs on its own interval (misfire grace = its interval, so a run late by
+less than one interval still happens once, and missed runs coalesce into one) and then syncs
+the alerts of every key its results touched (incidents.alerts.sync_alerts). Every job outcome
+(ok, error, missed) is logged and kept in `jobstate` under scheduler.job.<id>.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import sqlalchemy as sa
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
 from collectors.runner import collect_inbox
+from incidents.alerts import AlertChanges, sync_alerts
+from incidents.paging import paging_job
 from monitors.config import MonitorConfig
-from monitors.registry import default_registry
-from store.db import make_engine
+from monitors.registry import MonitorRegistry, default_registry
+from store.db import _sqlite_pragmas, make_engine
 from store.models import SchedulerHeartbeat, table_of, utcnow
-from store.rollups import refresh
+from store.rollups import get_state, refresh, set_state
 from vigil.config import get_settings
 
 logger = logging.getLogger(__name__)
@@ -83,11 +101,76 @@ def collect_job() -> None:
     record_heartbeat(engine, started_at=_started_at or utcnow(), job="collect")
 
 
+def run_monitor(
+    engine: Engine,
+    name: str,
+    *,
+    now: datetime | None = None,
+    registry: MonitorRegistry | None = None,
+    config: MonitorConfig | None = None,
+) -> AlertChanges:
+    """One monitor, then the alert lifecycle for every key its results touched."""
+    registry = registry or default_registry()
+    now = now or utcnow()
+    results = registry.get(name).run(engine, config or MonitorConfig.from_file(), now)
+    return sync_alerts(engine, results, now=now, registry=registry)
+
+
 def monitor_job(name: str) -> None:
     engine = _get_engine()
-    monitor = default_registry().get(name)
-    monitor.run(engine, MonitorConfig.from_file(), utcnow())
+    changes = run_monitor(engine, name)
+    if changes:
+        logger.info(
+            "%s: %d alert(s) opened, %d escalated, %d resolved",
+            name,
+            len(changes.opened),
+            len(changes.escalated),
+            len(changes.resolved),
+        )
     record_heartbeat(engine, started_at=_started_at or utcnow(), job=name, monitor_ran=True)
+
+
+@dataclass
+class CycleReport:
+    """What one full cycle did and how long each step took (seconds)."""
+
+    files: int = 0
+    new_predictions: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    alerts: AlertChanges = field(default_factory=AlertChanges)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.timings.values())
+
+
+def run_cycle(
+    engine: Engine,
+    *,
+    inbox: Path,
+    processed: Path,
+    secret: str,
+    now: datetime | None = None,
+    registry: MonitorRegistry | None = None,
+) -> CycleReport:
+    """One pass of everything the scheduler does on its intervals, in order: collect the drop
+    folder, settle labels and refresh rollups, run every monitor and sync its alerts."""
+    registry = registry or default_registry()
+    config = MonitorConfig.from_file()
+    report = CycleReport()
+    started = time.perf_counter()
+    report.files = len(collect_inbox(engine, inbox, processed, secret=secret))
+    report.timings["collect"] = time.perf_counter() - started
+    started = time.perf_counter()
+    report.new_predictions = refresh(engine, now=now).new_predictions
+    report.timings["refresh"] = time.perf_counter() - started
+    for monitor in registry:
+        started = time.perf_counter()
+        report.alerts.extend(
+            run_monitor(engine, monitor.name, now=now, registry=registry, config=config)
+        )
+        report.timings[f"monitor:{monitor.name}"] = time.perf_counter() - started
+    return report
 
 
 def simulate_job() -> None:
@@ -97,29 +180,90 @@ def simulate_job() -> None:
     drop_recent(settings.inbox_dir, settings.spool_dir)
 
 
-def _log_job_problem(event: JobExecutionEvent) -> None:
-    if event.exception is not None:
-        logger.error("job %s failed: %s", event.job_id, event.exception)
-    else:
+def job_state_key(job_id: str) -> str:
+    return f"scheduler.job.{job_id}"
+
+
+def record_job_event(
+    engine: Engine,
+    job_id: str,
+    *,
+    outcome: str,
+    scheduled_for: datetime | None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, object]:
+    """Keep each job's last outcome and running counts in `jobstate` (key scheduler.job.<id>)."""
+    now = now or utcnow()
+    with engine.begin() as conn:
+        key = job_state_key(job_id)
+        state: dict[str, object] = json.loads(get_state(conn, key, "{}"))
+        counts = {k: int(str(state.get(k, 0))) for k in ("runs", "errors", "misses")}
+        counts[{"ok": "runs", "error": "errors", "missed": "misses"}[outcome]] += 1
+        state.update(counts)
+        state.update(
+            last_outcome=outcome,
+            last_at=now.isoformat(),
+            scheduled_for=scheduled_for.isoformat() if scheduled_for else None,
+        )
+        if outcome == "ok":
+            state["last_ok_at"] = now.isoformat()
+        else:
+            state["last_problem"] = error or "missed its run"
+            state["last_problem_at"] = now.isoformat()
+        set_state(conn, key, json.dumps(state))
+    return state
+
+
+def _on_job_event(event: JobExecutionEvent) -> None:
+    """Scheduler listener: log errors and misses, and record every outcome in `jobstate`."""
+    if event.code == EVENT_JOB_ERROR:
+        outcome, error = "error", f"{type(event.exception).__name__}: {event.exception}"
+        logger.error("job %s failed: %s", event.job_id, error)
+    elif event.code == EVENT_JOB_MISSED:
+        outcome, error = "missed", None
         logger.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
+    else:
+        outcome, error = "ok", None
+    try:
+        record_job_event(
+            _get_engine(),
+            event.job_id,
+            outcome=outcome,
+            scheduled_for=event.scheduled_run_time,
+            error=error,
+        )
+    except sa.exc.SQLAlchemyError as exc:  # the store being down must not kill the scheduler
+        logger.error("could not record job %s %s: %s", event.job_id, outcome, exc)
+
+
+def jobstore_engine(url: str) -> Engine:
+    """The job store's engine, with pool_pre_ping on every backend so a connection the
+    database dropped (restart, failover, idle timeout) is replaced, not handed to a job."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return make_engine(url)  # PostgreSQL engines are made with pool_pre_ping already
 
 
 def build_scheduler(*, simulate: bool = False) -> BlockingScheduler:
     """A scheduler with every job registered on its own interval."""
     settings = get_settings()
-    scheduler_engine = make_engine(settings.scheduler_url)
+    scheduler_engine = jobstore_engine(settings.scheduler_url)
     scheduler = BlockingScheduler(
         jobstores={"default": SQLAlchemyJobStore(engine=scheduler_engine)},
         executors={
-            # Data jobs run one at a time; the heartbeat has its own thread so a long
-            # cycle never makes the scheduler look dead.
+            # Data jobs run one at a time; the heartbeat and paging have their own threads
+            # so a long cycle never makes the scheduler look dead or delays a page.
             "default": ThreadPoolExecutor(1),
             "heartbeat": ThreadPoolExecutor(1),
+            "paging": ThreadPoolExecutor(1),
         },
         job_defaults={"coalesce": True, "max_instances": 1},
         timezone="UTC",
     )
-    scheduler.add_listener(_log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    scheduler.add_listener(_on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_EXECUTED)
     # Explicit on every job (not only job_defaults) so the settings are visible before start.
     common = {
         "replace_existing": True,
@@ -145,7 +289,7 @@ def build_scheduler(*, simulate: bool = False) -> BlockingScheduler:
             misfire_grace_time=settings.simulate_interval_seconds,
             **common,
         )
-    elif scheduler_engine is not None:
+    else:
         _remove_stale(scheduler_engine, "simulate")
     scheduler.add_job(
         collect_job,
@@ -165,6 +309,17 @@ def build_scheduler(*, simulate: bool = False) -> BlockingScheduler:
             misfire_grace_time=monitor.interval_seconds,
             **common,
         )
+    # The end of the chain: pages for the alerts the monitor jobs opened, escalated or
+    # resolved (incidents.paging reads the Alert rows; it queues and delivers via Slack).
+    scheduler.add_job(
+        paging_job,
+        "interval",
+        seconds=settings.paging_interval_seconds,
+        id="page",
+        executor="paging",
+        misfire_grace_time=settings.paging_interval_seconds,
+        **common,
+    )
     return scheduler
 
 

@@ -473,9 +473,143 @@ class SchedulerHeartbeat(SQLModel, table=True):
 
 # ---------------------------------------------------------------- clinical-quality monitors
 
+
+class CusumLimit(SQLModel, table=True):
+    """A risk-adjusted CUSUM's control limit per model x site x direction, set by simulation."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "site_id", "direction"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    direction: str = Field(max_length=8)  # upper (under-prediction), lower (over-prediction)
+    odds_ratio: float
+    target_arl_days: float
+    limit: float
+    simulated_arl_days: float
+    out_of_control_arl_days: float | None = None
+    predictions_per_day: float
+    design_effect: float
+    reference_start: datetime = ts_field()
+    reference_end: datetime = ts_field()
+    paths: int
+    seed: int
+    computed_at: datetime = ts_field(default_now=True)
+
+
+class DriftReference(SQLModel, table=True):
+    """A site's reference histogram of the score or of one input, frozen once its window ends."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "site_id", "feature", "bin"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    feature: str = Field(max_length=64)  # "score" or a named input
+    bin: int  # -1: missing
+    n: int = 0
+    reference_start: datetime = ts_field()
+    reference_end: datetime = ts_field()
+
+
 # ---------------------------------------------------------------- operational monitors
 
+
+class AlertBurdenHour(SQLModel, table=True):
+    """Hourly alerts per model × site × unit × arm, with a patient's repeat alerts suppressed."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "site_id", "unit", "arm", "hour"),
+        sa.Index("ix_alertburden_model_site_hour", "model_id", "site_id", "hour"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    unit: str = Field(default="", max_length=32)
+    arm: str = Field(max_length=16)
+    hour: int  # hours since the Unix epoch, UTC (the prediction rollup's bucket)
+    n_alert: int = 0  # alerting scores
+    n_shown: int = 0  # alerts a clinician sees: repeats within the snooze window suppressed
+    updated_at: datetime = ts_field(default_now=True)
+
+
 # ---------------------------------------------------------------- incident response
+
+
+class KillSwitch(SQLModel, table=True):
+    """Whether a model's score may be shown: per model × site (0: every site) × version (0: all)."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "site_id", "version_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(default=0)  # 0: every site of the model
+    version_id: int = Field(default=0)  # 0: every version
+    enabled: bool = True
+    reason: str
+    incident_id: int = Field(foreign_key="incident.id")
+    actor: str
+    role: str = Field(max_length=32)
+    changed_at: datetime = ts_field(default_now=True)
+    revision: int = 1  # state changes so far; part of the consumer API's ETag
+
+
+class AuditHead(SQLModel, table=True):
+    """The audit chain's head (one row): every append locks it, and it holds the count and
+    last hash so that a deleted tail is detected as surely as an edited row."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    events: int = 0
+    hash: str = Field(max_length=64)
+    updated_at: datetime = ts_field(default_now=True)
+
+
+# ---------------------------------------------------------------- canary
+
+
+class CanaryJudgement(SQLModel, table=True):
+    """The canary judge's verdict for one canary version at one site, per hour (its history)
+    and once for the planned analysis, with the metric table, the always-valid test and the
+    recommendation in `detail`."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "site_id", "version_id", "kind", "evaluated_hour"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    version_id: int = Field(foreign_key="modelversion.id")  # the canary version
+    control_version_id: int
+    kind: str = Field(max_length=16)  # interim (the period so far) or planned (the decision)
+    evaluated_hour: int  # hours since the Unix epoch, UTC
+    window_start: datetime = ts_field()
+    window_end: datetime = ts_field()
+    verdict: str = Field(max_length=16)  # Pass, Marginal, Fail, No data
+    score: float | None = None
+    recommendation: str = Field(max_length=16)  # promote, hold, rollback
+    sequential_rejected: bool = False
+    detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    computed_at: datetime = ts_field(default_now=True)
+
+
+class StageChange(SQLModel, table=True):
+    """A model version moving between release stages: who, when, why and on what evidence."""
+
+    __table_args__ = (sa.Index("ix_stagechange_model_version", "model_id", "version_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    version_id: int = Field(foreign_key="modelversion.id")
+    from_stage: str = Field(max_length=16)
+    to_stage: str = Field(max_length=16)
+    actor: str
+    role: str = Field(max_length=32)
+    at: datetime = ts_field(default_now=True)
+    reason: str = ""
+    evidence: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    audit_hash: str = Field(max_length=64)
 
 
 # Score histogram edges: fine at the low end, where most clinical risks live.

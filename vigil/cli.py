@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -81,12 +82,16 @@ def seed(
     days: Annotated[int, typer.Option(help="Days of history.")] = 90,
     sites: Annotated[int, typer.Option(help="Number of sites.")] = 5,
     bed_scale: Annotated[float, typer.Option(help="Volume multiplier on every site's beds.")] = 1.0,
+    predictions: Annotated[
+        int | None,
+        typer.Option(help="Target predictions per day in total (sets --bed-scale)."),
+    ] = None,
     future_days: Annotated[int, typer.Option(help="Days simulated past the end (spool).")] = 0,
     end: Annotated[str | None, typer.Option(help="End of history, ISO UTC (default: now).")] = None,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed.")] = 20260901,
 ) -> None:
     """Write deterministic demo data in the collectors' own formats."""
-    from seed_data.generator import SeedConfig, generate
+    from seed_data.generator import SeedConfig, generate, predictions_per_day_estimate
 
     end_at = datetime.fromisoformat(end) if end else datetime.now(UTC)
     if end_at.tzinfo is None:
@@ -101,49 +106,15 @@ def seed(
         future_days=future_days,
         registry_path=get_settings().registry_path,
     )
+    if predictions is not None:
+        per_day = predictions_per_day_estimate(replace(config, bed_scale=1.0))
+        config = replace(config, bed_scale=predictions / per_day)
     summary = generate(config, out)
     typer.echo(
         f"wrote {len(summary.files)} files to {out}: {summary.predictions} predictions, "
         f"{summary.outcomes} outcomes, {summary.encounters} encounters, "
         f"{summary.heartbeats} heartbeats"
     )
-
-
-@app.command()
-def collect(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders of source files.")],
-) -> None:
-    """Ingest source files (predictions-, outcomes-, encounters-, heartbeats-*.jsonl)."""
-    from collectors.base import FileUnreadable
-    from collectors.runner import collect_files, expand
-    from store.rollups import refresh
-
-    engine = _engine()
-    files = expand(paths)
-    if not files:
-        typer.echo("error: no source files found", err=True)
-        raise typer.Exit(2)
-    failed = 0
-    totals = {"inserted": 0, "duplicates": 0, "quarantined": 0}
-    with typer.progressbar(length=len(files), label="collecting", file=sys.stderr) as bar:
-        for outcome in collect_files(engine, files, secret=get_settings().pseudonym_key):
-            bar.update(1)
-            if isinstance(outcome, FileUnreadable):
-                failed += 1
-                typer.echo(f"\nerror: {outcome}", err=True)
-                continue
-            totals["inserted"] += outcome.inserted
-            totals["duplicates"] += outcome.duplicates
-            totals["quarantined"] += outcome.quarantined
-    refreshed = refresh(engine)
-    typer.echo(
-        f"{len(files) - failed} files: {totals['inserted']} rows inserted, "
-        f"{totals['duplicates']} duplicates skipped, {totals['quarantined']} quarantined; "
-        f"{refreshed.hours_rebuilt} rollup hours rebuilt"
-    )
-    if failed:
-        typer.echo(f"{failed} file(s) could not be read", err=True)
-        raise typer.Exit(1)
 
 
 @app.command("refresh")
@@ -300,7 +271,7 @@ def bench(
 
 # Each area's commands live in vigil/commands/<area>.py, which exposes register(app);
 # add the module's name to AREAS to put its commands on the `vigil` command line.
-AREAS: tuple[str, ...] = ()
+AREAS: tuple[str, ...] = ("incidents", "collectors", "canary", "operational", "clinical")
 for _area in AREAS:
     importlib.import_module(f"vigil.commands.{_area}").register(app)
 

@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that ship in the repository for the demo; refused outside demo mode.
 DEMO_PSEUDONYM_KEY = "vigil-demo-pseudonym-key-not-for-production"
+# The consumer API's demo bearer token and its SHA-256 (tokens are configured only as hashes).
+DEMO_API_TOKEN = "vigil-demo-api-token-not-for-production"
+DEMO_API_TOKEN_SHA256 = "d486c045c25ad3824ebabf07bd654920fab226036cb8ed67c08dda8d2588562e"
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,30 @@ class Settings(BaseSettings):
     demo_bed_scale: float = 1.0
     spool_dir: Path = Path("data/spool")
     log_level: str = "INFO"
+    # Incident response. Consumer API bearer tokens as {consumer name: SHA-256 hex of the
+    # token}; empty means only the demo token, and only in demo mode.
+    api_tokens: dict[str, str] = {}
+    api_host: str = "127.0.0.1"
+    api_port: int = 8502
+    api_cache_seconds: int = 15  # Cache-Control max-age; the Python client's default TTL
+    dashboard_url: str = "http://localhost:8501"
+    # Runbook links in pages: {dashboard} and {id} are filled in.
+    runbook_url_template: str = "{dashboard}/incidents?runbook={id}"
+    slack_bot_token: str | None = None  # no token: pages queue in the outbox, none are sent
+    slack_base_url: str = "https://slack.com/api/"
+    slack_page_channel: str = "C0VIGILPAGE"  # channel IDs (history lookups need IDs)
+    slack_ticket_channel: str = "C0VIGILTICKET"
+    slack_page_mention: str = "<!here>"  # re-pages of unacknowledged pages
+    slack_escalation_mention: str = "<!channel>"
+    slack_timeout_seconds: float = 10.0
+    slack_inline_retry_max_seconds: int = 5  # longer Retry-After waits go back to the outbox
+    page_max_attempts: int = 20  # backoff 5 s doubling to 5 min: about 70 min of outage
+    page_backoff_max_seconds: int = 300
+    page_repage_minutes: int = 15
+    page_max_repages: int = 3
+    page_flap_window_minutes: int = 120  # a reopened alert within this joins the old thread
+    page_lookback_hours: int = 24  # alerts resolved before this are not paged any more
+    paging_interval_seconds: int = 30
 
     @field_validator("database_url")
     @classmethod
@@ -53,6 +80,32 @@ class Settings(BaseSettings):
                 "VIGIL_PSEUDONYM_KEY is the demo key; set a secret key when VIGIL_DEMO_MODE=false"
             )
         return self
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _api_tokens_are_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError(
+                    f"VIGIL_API_TOKENS[{name!r}] must be the SHA-256 hex of the token "
+                    "(`vigil hash-token`), never the token itself"
+                )
+        return {name: digest.lower() for name, digest in value.items()}
+
+    @model_validator(mode="after")
+    def _refuse_demo_api_token_in_production(self) -> Settings:
+        if not self.demo_mode and DEMO_API_TOKEN_SHA256 in self.api_tokens.values():
+            raise ValueError(
+                "VIGIL_API_TOKENS holds the demo token; set your own when VIGIL_DEMO_MODE=false"
+            )
+        return self
+
+    @property
+    def api_token_hashes(self) -> dict[str, str]:
+        """The API's accepted token hashes: configured ones, or the demo token in demo mode."""
+        if self.api_tokens:
+            return dict(self.api_tokens)
+        return {"demo": DEMO_API_TOKEN_SHA256} if self.demo_mode else {}
 
     @property
     def scheduler_url(self) -> str:

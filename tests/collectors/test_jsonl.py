@@ -151,7 +151,9 @@ def test_unreadable_files_fail_with_a_clear_message_and_write_nothing(
 def test_resume_after_a_crash_mid_file_adds_exactly_the_missing_rows(
     engine: Engine, tmp_path: Path
 ) -> None:
-    from collectors.base import ingest_jsonl
+    from collectors.base import ingest_file
+    from collectors.contracts import PredictionRecord
+    from collectors.formats import JsonLines
     from collectors.sinks import PredictionSink
     from store.registry import RegistryLookup
 
@@ -161,21 +163,21 @@ def test_resume_after_a_crash_mid_file_adds_exactly_the_missing_rows(
     class Crash(Exception):
         pass
 
-    original = sink.write
+    original = sink.apply
     calls = {"n": 0}
 
-    def crashing_write(conn, batch, result):  # type: ignore[no-untyped-def]
+    def crashing_apply(conn, prepared, result):
         calls["n"] += 1
         if calls["n"] == 3:
             raise Crash
-        return original(conn, batch, result)
+        return original(conn, prepared, result)
 
-    sink.write = crashing_write  # type: ignore[method-assign]
+    sink.apply = crashing_apply  # type: ignore[method-assign]
     with pytest.raises(Crash):
-        ingest_jsonl(engine, path, sink, batch_lines=10)
+        ingest_file(engine, path, JsonLines(PredictionRecord), sink, batch_units=10)
     assert _count(engine, Prediction) == 20  # two committed batches, the third rolled back
-    sink.write = original  # type: ignore[method-assign]
-    result = ingest_jsonl(engine, path, sink, batch_lines=10)
+    sink.apply = original  # type: ignore[method-assign]
+    result = ingest_file(engine, path, JsonLines(PredictionRecord), sink, batch_units=10)
     assert result.resumed_at_line == 20
     assert result.inserted == 5
     assert _count(engine, Prediction) == 25

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from sqlalchemy.engine import Engine
 
-from monitors.scheduler import build_scheduler
+import monitors.scheduler as scheduler_module
+from monitors.registry import default_registry
+from monitors.scheduler import build_scheduler, jobstore_engine, record_job_event
 from store.models import SchedulerHeartbeat, table_of
+from store.rollups import get_state
+from tests.conftest import POSTGRES_URL
 from vigil.config import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,8 +76,60 @@ def test_jobs_coalesce_and_never_overlap(monkeypatch: pytest.MonkeyPatch, tmp_pa
         jobs = {job.id: job for job in build_scheduler(simulate=True).get_jobs()}
     finally:
         get_settings.cache_clear()
-    assert set(jobs) == {"heartbeat", "simulate", "collect", "monitor:observed_expected"}
+    monitors = {f"monitor:{m.name}": m for m in default_registry()}
+    assert set(jobs) == {"heartbeat", "simulate", "collect", "page", *monitors}
+    assert {"monitor:latency_slo", "monitor:feed_freshness", "monitor:site_comparison"} <= set(jobs)
     for job in jobs.values():
         assert job.coalesce is True
         assert job.max_instances == 1
         assert job.misfire_grace_time and job.misfire_grace_time > 0
+    for job_id, monitor in monitors.items():
+        # Each monitor on its own interval, and a late run is still run within one interval.
+        assert jobs[job_id].trigger.interval.total_seconds() == monitor.interval_seconds
+        assert jobs[job_id].misfire_grace_time == monitor.interval_seconds
+
+
+def test_the_job_store_engine_pings_before_use(tmp_path: Path) -> None:
+    for url in [f"sqlite:///{tmp_path}/jobs.db", POSTGRES_URL]:
+        if not url:
+            continue
+        engine = jobstore_engine(url)
+        assert engine.pool._pre_ping is True  # no public accessor for the pool's setting
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+        engine.dispose()
+
+
+def test_job_outcomes_are_logged_and_counted_in_jobstate(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime(2026, 9, 1, 12, tzinfo=UTC)
+    record_job_event(engine, "monitor:latency_slo", outcome="ok", scheduled_for=now, now=now)
+    record_job_event(engine, "monitor:latency_slo", outcome="missed", scheduled_for=now, now=now)
+    state = record_job_event(
+        engine,
+        "monitor:latency_slo",
+        outcome="error",
+        scheduled_for=now,
+        error="OperationalError: server closed the connection",
+        now=now,
+    )
+    assert (state["runs"], state["misses"], state["errors"]) == (1, 1, 1)
+    assert state["last_outcome"] == "error"
+    assert "server closed" in str(state["last_problem"])
+    with engine.connect() as conn:
+        stored = json.loads(get_state(conn, "scheduler.job.monitor:latency_slo"))
+    assert stored == state
+    # The listener logs a failure by job id (and records it through the same function).
+    event = JobExecutionEvent(
+        EVENT_JOB_ERROR, "collect", "default", now, exception=RuntimeError("inbox unreadable")
+    )
+    with caplog.at_level(logging.ERROR, logger="monitors.scheduler"):
+        scheduler_module._engine = engine
+        try:
+            scheduler_module._on_job_event(event)
+        finally:
+            scheduler_module._engine = None
+    assert "job collect failed: RuntimeError: inbox unreadable" in caplog.text
+    with engine.connect() as conn:
+        assert json.loads(get_state(conn, "scheduler.job.collect"))["errors"] == 1

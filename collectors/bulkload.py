@@ -1,0 +1,89 @@
+"""The fast write path: tuples of database-ready values, one statement per batch.
+
+SQLite: one `executemany` of an INSERT … ON CONFLICT DO NOTHING compiled once per table, with
+values already in the store's storage form, so no per-value type processing runs in Python;
+the driver's rowcount counts the new rows exactly. PostgreSQL: COPY into a temporary table,
+then one INSERT … SELECT … ON CONFLICT DO NOTHING, whose rowcount is exact too.
+
+Timestamps are passed as UTC text in the form SQLAlchemy's SQLite dialect stores
+(`utc_text`); PostgreSQL reads the same text in a transaction whose time zone is UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import TYPE_CHECKING, Any, cast
+
+import sqlalchemy as sa
+from pydantic import TypeAdapter
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+# pydantic gives every timestamp written with "Z" this one time zone object: a timestamp that
+# has it needs no conversion (an identity test is far cheaper than utcoffset()).
+PYDANTIC_UTC = TypeAdapter(datetime).validate_json(b'"2000-01-01T00:00:00Z"').tzinfo
+
+
+def utc_text(moment: datetime) -> str:
+    """An aware timestamp as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC (the store's SQLite form)."""
+    if moment.tzinfo is not PYDANTIC_UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(" ", "microseconds")[:26]
+
+
+# A bigger page cache for bulk loads: the prediction table's indexes (one on a random 64-hex
+# key) outgrow SQLite's default 2 MiB quickly, and then every insert rereads index pages.
+SQLITE_CACHE_PRAGMA = "PRAGMA cache_size = -65536"
+
+
+@cache
+def _sqlite_insert(table: sa.Table, columns: tuple[str, ...]) -> str:
+    stmt = sqlite.insert(table).on_conflict_do_nothing()
+    compiled = stmt.compile(dialect=sqlite.dialect(), column_keys=list(columns))
+    return str(compiled)
+
+
+def insert_rows(
+    conn: Connection, table: sa.Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """Insert `rows` (values in `columns` order), skipping unique-key conflicts; returns how
+    many rows are new."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(SQLITE_CACHE_PRAGMA)
+        result = conn.exec_driver_sql(_sqlite_insert(table, columns), list(rows))
+        return int(result.rowcount)
+    if conn.dialect.name == "postgresql":
+        return _copy_insert(conn, table, columns, rows)
+    raise NotImplementedError(conn.dialect.name)  # pragma: no cover
+
+
+def _copy_insert(
+    conn: Connection, table: sa.Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> int:
+    names = ", ".join(f'"{c}"' for c in columns)
+    stage = f"vigil_stage_{table.name}"
+    driver = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+    with driver.cursor() as cursor:
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+            f'SELECT {names} FROM "{table.name}" WITH NO DATA'
+        )
+        with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage} '
+            "ON CONFLICT DO NOTHING"
+        )
+        inserted = int(cursor.rowcount)
+        cursor.execute(f"TRUNCATE {stage}")
+    return inserted

@@ -1,0 +1,694 @@
+"""Alert burden per model × site: alerts a clinician sees, per 100 patient-days and per unit per
+shift, PPV and number needed to evaluate, and Poisson control limits for spikes and drops.
+
+Counting. An alerting score is *shown* unless the same patient's last shown alert was less
+than `snooze_hours` ago (the usual CDS re-alert suppression); the rest are duplicates. Shown
+alerts per hour, unit and arm live in `alertburdenhour`, rebuilt from raw rows only for the
+hours whose prediction rollups changed, so a run costs in proportion to new data.
+
+Exposure. A model scored on a cadence (deterioration: every 4 h per inpatient) sees
+n_scores × interval patient-time, so patient-days = scores × interval / 1440 min. A model
+scored once per stay (readmission) is reported per 100 scored discharges instead.
+
+Control limits (probability limits of a u-chart, Montgomery, Introduction to Statistical
+Quality Control, ch. 7): the site's expected rate is its own rate over the `baseline_days`
+before the window, with each baseline day's count capped at its 99.9% Poisson limit (so one
+bad day does not inflate the baseline for a month). A spike is more shown alerts over the last
+`spike_window_hours` than the upper 1 - alpha/2 Poisson quantile of the expected count; a drop
+is fewer over the last `drop_window_days` than the lower alpha/2 quantile (a drop needs the
+longer window: at a few alerts a day no single day can fall significantly). Only whole hours
+count, so a run as of any instant sees exactly the data logged before it.
+
+Detection delay: a spike is flagged in the first complete hour whose trailing window exceeds
+the limit; the seeded RVH threshold misconfiguration (26% of scores alerting instead of 1%)
+is flagged within its first 3 hours, asserted in tests/monitors/test_operational_demo.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import sqlalchemy as sa
+from scipy import stats
+from sqlalchemy.engine import Connection, Engine
+
+from monitors.base import MonitorResult, Status
+from monitors.config import MonitorConfig
+from monitors.durations import EPOCH, epoch_seconds, floor_hour
+from monitors.observed_expected import observed_to_expected
+from monitors.runner import write_results
+from store.models import (
+    AlertBurdenHour,
+    Deployment,
+    Model,
+    Prediction,
+    PredictionRollup,
+    Site,
+    table_of,
+    utcnow,
+)
+from store.rollups import get_state, set_state
+
+logger = logging.getLogger(__name__)
+
+MONITOR = "alert_burden"
+METRIC = "shown_alert_rate"
+RUNBOOK = "alert-volume"
+WM_ROLLUP = "alert_burden.rollup_updated_at"
+HOURS_PER_CHUNK = 200
+ENCOUNTERS_PER_QUERY = 500
+
+AB = table_of(AlertBurdenHour)
+P = table_of(Prediction)
+R = table_of(PredictionRollup)
+
+
+@dataclass(frozen=True)
+class AlertBurdenConfig:
+    snooze_hours: float = 24.0
+    spike_window_hours: int = 24
+    drop_window_days: int = 7
+    baseline_days: int = 28
+    min_baseline_days: int = 7
+    alpha: float = 0.002  # two-sided: 99.8% control limits
+    warn_alpha: float = 0.05
+    min_spike_alerts: int = 5  # fewer shown alerts is no burden, whatever the baseline
+    # Floors of the over-dispersion factor of each test's window counts (quasi-Poisson). A
+    # patient who keeps alerting is shown once a day for days, so weekly counts vary more
+    # than Poisson even when daily ones do not (demo, 24 h snooze: daily 0.7-1.1, weekly
+    # 1.8-3.7); the factor estimated from the baseline is used when it is larger.
+    spike_min_dispersion: float = 1.0
+    drop_min_dispersion: float = 4.0
+    # Alerting scores (duplicates included) are also watched for a spike: a threshold
+    # misconfigured low re-alerts the same few patients at every score, which suppression
+    # hides. They are far more clustered (demo: daily dispersion 3.6-5.6).
+    volume_min_dispersion: float = 4.0
+    shift_starts: list[int] = field(default_factory=lambda: [7, 15, 23])  # local hours
+
+
+# ---------------------------------------------------------------- pure
+
+
+def shown_alerts(times: Sequence[float], snooze_seconds: float) -> list[bool]:
+    """Re-alert suppression for one patient (times sorted): an alert is shown unless the
+    patient's last *shown* alert was less than `snooze_seconds` before it."""
+    shown: list[bool] = []
+    last: float | None = None
+    for t in times:
+        if last is None or t - last >= snooze_seconds:
+            shown.append(True)
+            last = t
+        else:
+            shown.append(False)
+    return shown
+
+
+def exposure(n_scored: npt.ArrayLike, scoring_interval_minutes: int) -> npt.NDArray[np.float64]:
+    """Patient-days covered by cadence scoring (scores × interval); scores themselves if none."""
+    n = np.asarray(n_scored, dtype=float)
+    if scoring_interval_minutes <= 0:
+        return n
+    return n * scoring_interval_minutes / 1440.0
+
+
+def poisson_limits(
+    expected: npt.ArrayLike, alpha: float, dispersion: float = 1.0
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Probability limits of a c/u-chart (Montgomery, ch. 7): the alpha/2 and 1 - alpha/2
+    quantiles of Poisson(expected). With overdispersion phi > 1 the quantiles are taken on the
+    effective count expected/phi and scaled back (quasi-Poisson). Counts strictly outside the
+    limits are out of control."""
+    phi = max(1.0, dispersion)
+    mu = np.expand_dims(np.asarray(expected, dtype=float) / phi, -1)
+    both = stats.poisson.ppf([alpha / 2, 1 - alpha / 2], mu) * phi  # one call: it is slow
+    return (
+        np.asarray(np.nan_to_num(both[..., 0]), dtype=float),
+        np.asarray(both[..., 1], dtype=float),
+    )
+
+
+def winsorised_rate(
+    counts: npt.ArrayLike, exposures: npt.ArrayLike, cap_quantile: float = 0.999
+) -> float:
+    """Pooled Poisson rate after capping each period's count at its `cap_quantile` Poisson limit
+    under the pooled rate (one-step winsorisation): robust to a single anomalous day."""
+    c, e = np.asarray(counts, dtype=float), np.asarray(exposures, dtype=float)
+    total = e.sum()
+    if total <= 0:
+        return float("nan")
+    pooled = c.sum() / total
+    caps = stats.poisson.ppf(cap_quantile, pooled * e)
+    return float(np.minimum(c, caps).sum() / total)
+
+
+@dataclass(frozen=True)
+class BurdenVerdict:
+    status: Status
+    kind: str  # spike, drop, or ""
+    spike_expected: float
+    spike_limits: tuple[float, float]
+    drop_expected: float
+    drop_limits: tuple[float, float]
+    reason: str
+
+
+def judge_burden(
+    *,
+    spike_observed: int,
+    spike_expected: float,
+    drop_observed: int,
+    drop_expected: float,
+    config: AlertBurdenConfig,
+    spike_dispersion: float = 1.0,
+    drop_dispersion: float = 1.0,
+    volume_observed: int = 0,
+    volume_expected: float = float("nan"),
+    volume_dispersion: float = 1.0,
+) -> BurdenVerdict:
+    """Spike tests (shown alerts, and alerting scores) over the spike window and a drop test of
+    shown alerts over the drop window; breach at alpha, warn at warn_alpha."""
+    # Every limit in one scipy call (quasi-Poisson: quantiles of expected/phi, times phi).
+    phis = np.maximum(1.0, [spike_dispersion, drop_dispersion, volume_dispersion])
+    mus = np.array([spike_expected, drop_expected, volume_expected], dtype=float) / phis
+    tails = [config.alpha / 2, 1 - config.alpha / 2, config.warn_alpha / 2]
+    tails.append(1 - config.warn_alpha / 2)
+    q = stats.poisson.ppf(tails, mus[:, None]) * phis[:, None]
+    s_lo, s_hi, _, ws_hi = (float(v) for v in q[0])
+    d_lo, wd_lo = float(np.nan_to_num(q[1][0])), float(np.nan_to_num(q[1][2]))
+    d_hi = float(q[1][1])
+    v_hi = float(q[2][1])
+    enough = spike_observed >= config.min_spike_alerts
+
+    def verdict(status: Status, kind: str, reason: str) -> BurdenVerdict:
+        return BurdenVerdict(
+            status, kind, spike_expected, (s_lo, s_hi), drop_expected, (d_lo, d_hi), reason
+        )
+
+    if enough and spike_observed > s_hi:
+        return verdict(
+            Status.BREACH,
+            "spike",
+            f"{spike_observed} shown alerts in {config.spike_window_hours} h against "
+            f"{spike_expected:.1f} expected (upper {1 - config.alpha / 2:.1%} limit {s_hi:.0f})",
+        )
+    if enough and np.isfinite(v_hi) and volume_observed > v_hi:
+        return verdict(
+            Status.BREACH,
+            "spike",
+            f"{volume_observed} alerting scores in {config.spike_window_hours} h against "
+            f"{volume_expected:.1f} expected (upper {1 - config.alpha / 2:.1%} limit "
+            f"{v_hi:.0f}); {spike_observed} patients shown an alert",
+        )
+    if drop_observed < d_lo:
+        return verdict(
+            Status.BREACH,
+            "drop",
+            f"{drop_observed} shown alerts in {config.drop_window_days} d against "
+            f"{drop_expected:.1f} expected (lower {config.alpha / 2:.1%} limit {d_lo:.0f})",
+        )
+    if (enough and spike_observed > ws_hi) or drop_observed < wd_lo:
+        return verdict(Status.WARN, "", "outside the 95% control limits")
+    return verdict(Status.OK, "", "within the control limits")
+
+
+def shift_of(hour_start_utc: datetime, tz: str, starts: Sequence[int]) -> tuple[str, int]:
+    """(local date the shift began, shift start hour) of the shift containing a UTC hour."""
+    local = hour_start_utc.astimezone(ZoneInfo(tz))
+    ordered = sorted(starts)
+    earlier = [s for s in ordered if s <= local.hour]
+    if earlier:
+        return local.date().isoformat(), earlier[-1]
+    return (local.date() - timedelta(days=1)).isoformat(), ordered[-1]
+
+
+def by_unit_and_shift(
+    hourly: pd.DataFrame, *, tz: str, starts: Sequence[int], scoring_interval_minutes: int
+) -> pd.DataFrame:
+    """Shown alerts per unit per local shift from hourly rows (hour, unit, n_shown, n_scored)."""
+    columns = ["shift_date", "shift", "unit", "shown", "scored", "per_100_patient_days"]
+    if hourly.empty:
+        return pd.DataFrame(columns=columns)
+    frame = hourly.copy()
+    labels = [shift_of(EPOCH + timedelta(hours=int(h)), tz, starts) for h in frame["hour"].tolist()]
+    frame["shift_date"] = [d for d, _ in labels]
+    frame["shift"] = [f"{s:02d}:00" for _, s in labels]
+    out = (
+        frame.groupby(["shift_date", "shift", "unit"], as_index=False)
+        .agg(shown=("n_shown", "sum"), scored=("n_scored", "sum"))
+        .sort_values(["shift_date", "shift", "unit"])
+    )
+    days = exposure(out["scored"], scoring_interval_minutes)
+    out["per_100_patient_days"] = np.where(days > 0, 100 * out["shown"] / np.maximum(days, 1e-9), 0)
+    return out[columns].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the hourly table
+
+
+def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[list[int], datetime]:
+    rows = conn.execute(
+        sa.select(R.c.hour, sa.func.max(R.c.updated_at))
+        .where(R.c.model_id == model_id, R.c.updated_at > since)
+        .group_by(R.c.hour)
+    ).all()
+    newest = max((r[1] for r in rows), default=since)
+    return sorted(r[0] for r in rows), newest
+
+
+def rebuild_alert_hours(
+    conn: Connection, model: Model, hours: Sequence[int], *, snooze_hours: float, now: datetime
+) -> int:
+    """Recount alerting and shown alerts of `hours` for one model from raw predictions."""
+    snooze = snooze_hours * 3600.0
+    written = 0
+    ordered = sorted(set(hours))
+    for start in range(0, len(ordered), HOURS_PER_CHUNK):
+        chunk = ordered[start : start + HOURS_PER_CHUNK]
+        encounters = list(
+            conn.execute(
+                sa.select(P.c.encounter_key)
+                .where(P.c.model_id == model.id, P.c.scored_hour.in_(chunk), P.c.alert)
+                .distinct()
+            ).scalars()
+        )
+        rows: list[Any] = []
+        for i in range(0, len(encounters), ENCOUNTERS_PER_QUERY):
+            rows += conn.execute(
+                sa.select(
+                    P.c.encounter_key,
+                    P.c.site_id,
+                    P.c.unit,
+                    P.c.arm,
+                    P.c.scored_at,
+                    P.c.scored_hour,
+                ).where(
+                    P.c.model_id == model.id,
+                    P.c.alert,
+                    P.c.encounter_key.in_(encounters[i : i + ENCOUNTERS_PER_QUERY]),
+                    P.c.scored_hour <= chunk[-1],
+                )
+            ).all()
+        counts: dict[tuple[int, str, str, int], list[int]] = {}
+        wanted = set(chunk)
+        by_encounter: dict[str, list[Any]] = {}
+        for row in rows:
+            by_encounter.setdefault(row.encounter_key, []).append(row)
+        for alerts in by_encounter.values():
+            alerts.sort(key=lambda r: r.scored_at)
+            flags = shown_alerts([epoch_seconds(r.scored_at) for r in alerts], snooze)
+            for row, shown in zip(alerts, flags, strict=True):
+                if row.scored_hour not in wanted:
+                    continue
+                key = (row.site_id, row.unit, row.arm, row.scored_hour)
+                slot = counts.setdefault(key, [0, 0])
+                slot[0] += 1
+                slot[1] += int(shown)
+        conn.execute(sa.delete(AB).where(AB.c.model_id == model.id, AB.c.hour.in_(chunk)))
+        if counts:
+            conn.execute(
+                sa.insert(AB),
+                [
+                    {
+                        "model_id": model.id,
+                        "site_id": site_id,
+                        "unit": unit,
+                        "arm": arm,
+                        "hour": hour,
+                        "n_alert": n_alert,
+                        "n_shown": n_shown,
+                        "updated_at": now,
+                    }
+                    for (site_id, unit, arm, hour), (n_alert, n_shown) in counts.items()
+                ],
+            )
+        written += len(counts)
+    return written
+
+
+def update_alert_hours(conn: Connection, models: Sequence[Model], config: MonitorConfig) -> int:
+    """Bring `alertburdenhour` up to date with every rollup hour changed since the last call."""
+    since = datetime.fromisoformat(get_state(conn, WM_ROLLUP, EPOCH.isoformat()))
+    newest = since
+    written = 0
+    for model in models:
+        cfg = config.for_monitor(MONITOR, AlertBurdenConfig, model=model.name)
+        hours, seen = _changed_hours(conn, model.id or 0, since)
+        if hours:
+            written += rebuild_alert_hours(
+                conn, model, hours, snooze_hours=cfg.snooze_hours, now=utcnow()
+            )
+        newest = max(newest, seen)
+    set_state(conn, WM_ROLLUP, newest.isoformat())
+    return written
+
+
+# ---------------------------------------------------------------- the monitor
+
+
+def _hourly_frame(conn: Connection, model_id: int, first_hour: int, end_hour: int) -> pd.DataFrame:
+    """Per site and hour: scored, alerting and shown counts, and settled alert outcomes."""
+    rollups = pd.DataFrame(
+        conn.execute(
+            sa.select(
+                R.c.site_id,
+                R.c.hour,
+                sa.func.sum(R.c.n_ok).label("n_scored"),
+                sa.func.sum(R.c.n_alert_settled).label("n_alert_settled"),
+                sa.func.sum(R.c.n_alert_positive).label("n_alert_positive"),
+            )
+            .where(R.c.model_id == model_id, R.c.hour >= first_hour, R.c.hour < end_hour)
+            .group_by(R.c.site_id, R.c.hour)
+        )
+        .mappings()
+        .all(),
+        columns=["site_id", "hour", "n_scored", "n_alert_settled", "n_alert_positive"],
+    )
+    alerts = pd.DataFrame(
+        conn.execute(
+            sa.select(
+                AB.c.site_id,
+                AB.c.hour,
+                sa.func.sum(AB.c.n_alert).label("n_alert"),
+                sa.func.sum(AB.c.n_shown).label("n_shown"),
+            )
+            .where(AB.c.model_id == model_id, AB.c.hour >= first_hour, AB.c.hour < end_hour)
+            .group_by(AB.c.site_id, AB.c.hour)
+        )
+        .mappings()
+        .all(),
+        columns=["site_id", "hour", "n_alert", "n_shown"],
+    )
+    frame = rollups.astype(float).merge(alerts.astype(float), on=["site_id", "hour"], how="outer")
+    return frame.fillna(0.0).astype({"site_id": int, "hour": int})
+
+
+@dataclass(frozen=True)
+class HourlySeries:
+    """Dense hourly counts of one site from `first_hour` on, with running sums for O(1) windows."""
+
+    first_hour: int
+    cumulative: dict[str, npt.NDArray[np.float64]]
+
+    FIELDS = ("n_scored", "n_alert", "n_shown", "n_alert_settled", "n_alert_positive")
+
+    @classmethod
+    def from_frame(cls, hourly: pd.DataFrame, first_hour: int, end_hour: int) -> HourlySeries:
+        """From rows (hour, and the FIELDS columns) of one site; missing hours count zero."""
+        size = max(end_hour - first_hour, 0)
+        cumulative = {}
+        inside = hourly[(hourly["hour"] >= first_hour) & (hourly["hour"] < end_hour)]
+        index = inside["hour"].to_numpy(dtype=np.int64) - first_hour
+        for name in cls.FIELDS:
+            dense = np.zeros(size)
+            if name in inside:
+                np.add.at(dense, index, inside[name].to_numpy(dtype=float))
+            cumulative[name] = np.concatenate([[0.0], np.cumsum(dense)])
+        return cls(first_hour, cumulative)
+
+    def total(self, name: str, start_hour: int, end_hour: int) -> float:
+        """Sum of `name` over hours [start_hour, end_hour), clipped to the series."""
+        cum = self.cumulative[name]
+        i = int(np.clip(start_hour - self.first_hour, 0, len(cum) - 1))
+        j = int(np.clip(end_hour - self.first_hour, 0, len(cum) - 1))
+        return float(cum[j] - cum[i]) if j > i else 0.0
+
+    def sums(self, name: str, starts: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.float64]:
+        cum = self.cumulative[name]
+        i = np.clip(starts - self.first_hour, 0, len(cum) - 1)
+        j = np.clip(starts + width - self.first_hour, 0, len(cum) - 1)
+        return np.asarray(cum[j] - cum[i], dtype=float)
+
+
+def dispersion(counts: npt.ArrayLike, expected: npt.ArrayLike) -> float:
+    """Pearson dispersion Σ (c - e)² / e / (k - 1) of counts against their expectations, floored
+    at 1 (quasi-Poisson; McCullagh & Nelder, Generalized Linear Models, 2nd ed., §4.5)."""
+    c, e = np.asarray(counts, dtype=float), np.asarray(expected, dtype=float)
+    keep = e > 0
+    if keep.sum() < 2:
+        return 1.0
+    return max(1.0, float(((c[keep] - e[keep]) ** 2 / e[keep]).sum() / (keep.sum() - 1)))
+
+
+def _baseline(
+    series: HourlySeries,
+    *,
+    before: int,
+    width: int,
+    config: AlertBurdenConfig,
+    interval: int,
+    count: str = "n_shown",
+) -> tuple[float, float, float]:
+    """Winsorised rate of `count` over the `baseline_days` before `before`, its days with
+    scoring, and the dispersion of its overlapping `width`-hour sums (stepping by a day)."""
+    days = np.arange(1, config.baseline_days + 1, dtype=np.int64)
+    day_starts = before - 24 * days
+    shown = series.sums(count, day_starts, 24)
+    scored = series.sums("n_scored", day_starts, 24)
+    active = scored > 0
+    if not active.any():
+        return float("nan"), 0.0, 1.0
+    exposures = exposure(scored[active], interval)
+    rate = winsorised_rate(shown[active], exposures)
+    starts = before - width - 24 * np.arange(0, max(config.baseline_days - width // 24, 1))
+    window_shown = series.sums(count, starts, width)
+    window_exposure = exposure(series.sums("n_scored", starts, width), interval)
+    return rate, float(active.sum()), dispersion(window_shown, rate * window_exposure)
+
+
+def _floored(value: float, floor: float) -> float:
+    return max(value, floor)
+
+
+def _finite(value: float | None, digits: int = 3) -> float | None:
+    """JSON-safe: NaN and infinities become None (PostgreSQL's json refuses NaN)."""
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def burden_series(
+    series: HourlySeries, *, end_hour: int, scoring_interval_minutes: int, config: AlertBurdenConfig
+) -> dict[str, Any]:
+    """Everything the monitor judges for one site as of the hour boundary `end_hour`."""
+    spike_width, drop_width = config.spike_window_hours, 24 * config.drop_window_days
+    spike_start, drop_start = end_hour - spike_width, end_hour - drop_width
+    spike_rate, spike_days, spike_phi = _baseline(
+        series,
+        before=spike_start,
+        width=spike_width,
+        config=config,
+        interval=scoring_interval_minutes,
+    )
+    volume_rate, _, volume_phi = _baseline(
+        series,
+        before=spike_start,
+        width=spike_width,
+        config=config,
+        interval=scoring_interval_minutes,
+        count="n_alert",
+    )
+    drop_rate, drop_days, drop_phi = _baseline(
+        series,
+        before=drop_start,
+        width=drop_width,
+        config=config,
+        interval=scoring_interval_minutes,
+    )
+    spike_exposure = float(
+        exposure(series.total("n_scored", spike_start, end_hour), scoring_interval_minutes)
+    )
+    drop_exposure = float(
+        exposure(series.total("n_scored", drop_start, end_hour), scoring_interval_minutes)
+    )
+    settled_start = end_hour - 24 * config.baseline_days
+    if spike_days < config.min_baseline_days:
+        spike_rate = volume_rate = float("nan")
+    if drop_days < config.min_baseline_days:
+        drop_rate = float("nan")
+    return {
+        "spike_observed": int(series.total("n_shown", spike_start, end_hour)),
+        "spike_alerting": int(series.total("n_alert", spike_start, end_hour)),
+        "spike_exposure": spike_exposure,
+        "spike_expected": spike_rate * spike_exposure,
+        "spike_dispersion": _floored(spike_phi, config.spike_min_dispersion),
+        "spike_baseline_days": spike_days,
+        "volume_expected": volume_rate * spike_exposure,
+        "volume_dispersion": _floored(volume_phi, config.volume_min_dispersion),
+        "drop_observed": int(series.total("n_shown", drop_start, end_hour)),
+        "drop_exposure": drop_exposure,
+        "drop_expected": drop_rate * drop_exposure,
+        "drop_dispersion": _floored(drop_phi, config.drop_min_dispersion),
+        "drop_baseline_days": drop_days,
+        "baseline_rate": spike_rate,
+        "alert_settled": int(series.total("n_alert_settled", settled_start, end_hour)),
+        "alert_positive": int(series.total("n_alert_positive", settled_start, end_hour)),
+    }
+
+
+def burden_result(
+    series: dict[str, Any],
+    *,
+    model: Model,
+    site_id: int,
+    site_code: str,
+    end_hour: int,
+    now: datetime,
+    config: AlertBurdenConfig,
+) -> MonitorResult:
+    """The site's point: shown alerts per 100 patient-days over the spike window, and status."""
+    assert model.id is not None
+    per = "patient-days" if model.scoring_interval_minutes > 0 else "scored discharges"
+    # A test whose baseline is too short is skipped (its expectation is NaN).
+    judgeable = np.isfinite(series["spike_expected"]) or np.isfinite(series["drop_expected"])
+    observed, exposure_now = series["spike_observed"], series["spike_exposure"]
+    rate = observed_to_expected(observed, exposure_now / 100.0) if exposure_now > 0 else None
+    if not judgeable or exposure_now <= 0:
+        verdict = None
+        status = Status.INSUFFICIENT
+        reason = (
+            f"baseline has {series['spike_baseline_days']:.0f} days of scoring "
+            f"(needs {config.min_baseline_days})"
+            if exposure_now > 0
+            else "nothing scored in the window"
+        )
+    else:
+        verdict = judge_burden(
+            spike_observed=observed,
+            spike_expected=series["spike_expected"],
+            drop_observed=series["drop_observed"],
+            drop_expected=series["drop_expected"],
+            config=config,
+            spike_dispersion=series["spike_dispersion"],
+            drop_dispersion=series["drop_dispersion"],
+            volume_observed=series["spike_alerting"],
+            volume_expected=series["volume_expected"],
+            volume_dispersion=series["volume_dispersion"],
+        )
+        status, reason = verdict.status, verdict.reason
+    ppv = series["alert_positive"] / series["alert_settled"] if series["alert_settled"] else None
+    kind = verdict.kind if verdict else ""
+    summary = (
+        f"alert {kind} for {model.name} at {site_code}: {reason}"
+        if kind
+        else f"{model.name} at {site_code}: {reason}"
+    )
+    window_end = EPOCH + timedelta(hours=end_hour)
+    return MonitorResult(
+        monitor=MONITOR,
+        metric=METRIC,
+        model_id=model.id,
+        site_id=site_id,
+        window_start=window_end - timedelta(hours=config.spike_window_hours),
+        window_end=window_end,
+        status=status,
+        value=None if rate is None or rate.ratio is None else round(rate.ratio, 3),
+        ci_low=None if rate is None or rate.ci_low is None else round(rate.ci_low, 3),
+        ci_high=None if rate is None or rate.ci_high is None else round(rate.ci_high, 3),
+        n=observed,
+        threshold=(
+            f"shown alerts per 100 {per} over {config.spike_window_hours} h; breach outside "
+            f"{1 - config.alpha:.1%} Poisson limits of the site's {config.baseline_days}-day "
+            f"rate (spike over {config.spike_window_hours} h, drop over "
+            f"{config.drop_window_days} d)"
+        ),
+        runbook=RUNBOOK,
+        detail={
+            "per": per,
+            "exposure": _finite(exposure_now),
+            "shown": observed,
+            "alerting_scores": series["spike_alerting"],
+            "duplicates_suppressed": series["spike_alerting"] - observed,
+            "expected": _finite(series["spike_expected"]),
+            "spike_limits": [_finite(v) for v in verdict.spike_limits] if verdict else None,
+            "drop_window_days": config.drop_window_days,
+            "drop_observed": series["drop_observed"],
+            "drop_expected": _finite(series["drop_expected"]),
+            "drop_limits": [_finite(v) for v in verdict.drop_limits] if verdict else None,
+            "volume_expected": _finite(series["volume_expected"]),
+            "dispersion": {
+                "shown": round(series["spike_dispersion"], 2),
+                "alerting": round(series["volume_dispersion"], 2),
+                "drop": round(series["drop_dispersion"], 2),
+            },
+            "baseline_per_100": _finite(100 * series["baseline_rate"]),
+            "ppv": None if ppv is None else round(ppv, 4),
+            "nne": None if not ppv else round(1 / ppv, 1),
+            "alerts_settled": series["alert_settled"],
+            "kind": kind,
+            "severity": "page" if kind == "spike" else ("ticket" if kind == "drop" else None),
+            "reason": reason,
+            "summary": summary,
+        },
+    )
+
+
+def run_alert_burden(
+    engine: Engine, config: MonitorConfig, now: datetime | None = None
+) -> list[MonitorResult]:
+    """Update the hourly alert counts, then judge each model × deployed site as of `now`."""
+    now = now or utcnow()
+    end_hour = epoch_seconds(floor_hour(now)) // 3600
+    results: list[MonitorResult] = []
+    with engine.begin() as conn:
+        models = [
+            Model.model_validate(dict(row))
+            for row in conn.execute(sa.select(table_of(Model))).mappings()
+        ]
+        update_alert_hours(conn, models, config)
+        S, D = table_of(Site), table_of(Deployment)
+        codes = dict(conn.execute(sa.select(S.c.id, S.c.code)).all())
+        for model in models:
+            assert model.id is not None
+            site_ids = sorted(
+                conn.execute(
+                    sa.select(D.c.site_id).where(D.c.model_id == model.id).distinct()
+                ).scalars()
+            )
+            widest = (
+                max(
+                    24 * (c.baseline_days + c.drop_window_days) + c.spike_window_hours
+                    for c in (
+                        config.for_monitor(
+                            MONITOR, AlertBurdenConfig, model=model.name, site=codes[s]
+                        )
+                        for s in site_ids
+                    )
+                )
+                if site_ids
+                else 0
+            )
+            hourly = _hourly_frame(conn, model.id, end_hour - widest, end_hour)
+            for site_id in site_ids:
+                cfg = config.for_monitor(
+                    MONITOR, AlertBurdenConfig, model=model.name, site=codes[site_id]
+                )
+                series = burden_series(
+                    HourlySeries.from_frame(
+                        hourly[hourly["site_id"] == site_id], end_hour - widest, end_hour
+                    ),
+                    end_hour=end_hour,
+                    scoring_interval_minutes=model.scoring_interval_minutes,
+                    config=cfg,
+                )
+                results.append(
+                    burden_result(
+                        series,
+                        model=model,
+                        site_id=site_id,
+                        site_code=codes[site_id],
+                        end_hour=end_hour,
+                        now=now,
+                        config=cfg,
+                    )
+                )
+        write_results(conn, results, now=now)
+    logger.info("alert_burden: %d points", len(results))
+    return results

@@ -1,0 +1,284 @@
+"""Reads the clinical-quality monitors share: what changed, and binned rollups as dense arrays.
+
+Every read is bounded by an hour range the caller derives from what changed, so a run's cost
+follows the new data, not the history. Aggregation happens in the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from store.models import (
+    SCORE_BINS,
+    InputHistogram,
+    MetricPoint,
+    Model,
+    PredictionRollup,
+    ScoreHistogram,
+    Site,
+    table_of,
+)
+from store.rollups import get_state, set_state
+
+R = table_of(PredictionRollup)
+H = table_of(ScoreHistogram)
+I = table_of(InputHistogram)  # noqa: E741
+MP = table_of(MetricPoint)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+F64 = npt.NDArray[np.float64]
+
+# Per-bin columns of the score histogram, in the order of the dense arrays' last axis.
+BIN_FIELDS = ("n", "n_settled", "n_positive", "sum_p_settled", "sum_logit_settled")
+# Per-day (or hour) sums of the prediction rollup.
+SUM_FIELDS = (
+    "n_ok",
+    "n_settled",
+    "n_positive",
+    "sum_p_settled",
+    "sum_p2_settled",
+    "sum_yp_settled",
+    "n_alert_settled",
+    "n_alert_positive",
+)
+
+
+def day_start(day: int) -> datetime:
+    return EPOCH + timedelta(days=day)
+
+
+def hour_start(hour: int) -> datetime:
+    return EPOCH + timedelta(hours=hour)
+
+
+def day_of(moment: datetime) -> int:
+    return int((moment - EPOCH).total_seconds() // 86400)
+
+
+def hour_of(moment: datetime) -> int:
+    return int((moment - EPOCH).total_seconds() // 3600)
+
+
+def load_models(conn: Connection) -> dict[int, Model]:
+    rows = conn.execute(sa.select(table_of(Model))).mappings()
+    return {int(r["id"]): Model.model_validate(dict(r)) for r in rows}
+
+
+def load_sites(conn: Connection) -> dict[int, str]:
+    S = table_of(Site)
+    return {int(r.id): str(r.code) for r in conn.execute(sa.select(S.c.id, S.c.code))}
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Hours of one model x site whose rollups were rebuilt since a watermark."""
+
+    model_id: int
+    site_id: int
+    first_hour: int
+    last_hour: int
+    updated_at: datetime
+
+
+def changed_since(conn: Connection, watermark: datetime) -> list[Changed]:
+    """Model x site hour ranges with rollups newer than the watermark (the index on updated_at)."""
+    rows = conn.execute(
+        sa.select(
+            R.c.model_id,
+            R.c.site_id,
+            sa.func.min(R.c.hour),
+            sa.func.max(R.c.hour),
+            sa.func.max(R.c.updated_at),
+        )
+        .where(R.c.updated_at > watermark)
+        .group_by(R.c.model_id, R.c.site_id)
+    ).all()
+    return [Changed(int(m), int(s), int(a), int(b), u) for m, s, a, b, u in rows]
+
+
+def read_watermark(conn: Connection, monitor: str) -> datetime:
+    return datetime.fromisoformat(
+        get_state(conn, f"monitor.{monitor}.rollup_updated_at", EPOCH.isoformat())
+    )
+
+
+def write_watermark(conn: Connection, monitor: str, value: datetime) -> None:
+    set_state(conn, f"monitor.{monitor}.rollup_updated_at", value.isoformat())
+
+
+def daily_bins(
+    conn: Connection,
+    model_id: int,
+    first_day: int,
+    last_day: int,
+    *,
+    hourly: bool = False,
+    site_id: int | None = None,
+) -> pd.DataFrame:
+    """Score-histogram sums per site x day (or hour) x bin over [first_day, last_day]."""
+    period = H.c.hour if hourly else (H.c.hour // 24)
+    query = (
+        sa.select(
+            H.c.site_id,
+            period.label("period"),
+            H.c.bin,
+            sa.func.sum(H.c.n).label("n"),
+            sa.func.sum(H.c.n_settled).label("n_settled"),
+            sa.func.sum(H.c.n_positive).label("n_positive"),
+            sa.func.sum(H.c.sum_p_settled).label("sum_p_settled"),
+            sa.func.sum(H.c.sum_logit_settled).label("sum_logit_settled"),
+        )
+        .where(
+            H.c.model_id == model_id,
+            H.c.hour >= first_day * 24,
+            H.c.hour < (last_day + 1) * 24,
+        )
+        .group_by(H.c.site_id, period, H.c.bin)
+    )
+    if site_id is not None:
+        query = query.where(H.c.site_id == site_id)
+    return pd.DataFrame(
+        conn.execute(query).all(), columns=["site_id", "period", "bin", *BIN_FIELDS]
+    )
+
+
+def daily_sums(
+    conn: Connection,
+    model_id: int,
+    first_day: int,
+    last_day: int,
+    *,
+    site_id: int | None = None,
+) -> pd.DataFrame:
+    """Prediction-rollup sums per site x day over [first_day, last_day]."""
+    day = (R.c.hour // 24).label("period")
+    query = (
+        sa.select(R.c.site_id, day, *[sa.func.sum(R.c[f]).label(f) for f in SUM_FIELDS])
+        .where(
+            R.c.model_id == model_id,
+            R.c.hour >= first_day * 24,
+            R.c.hour < (last_day + 1) * 24,
+        )
+        .group_by(R.c.site_id, day)
+    )
+    if site_id is not None:
+        query = query.where(R.c.site_id == site_id)
+    return pd.DataFrame(conn.execute(query).all(), columns=["site_id", "period", *SUM_FIELDS])
+
+
+def dense_bins(
+    frame: pd.DataFrame, site_id: int, first: int, last: int, bins: int = SCORE_BINS
+) -> F64:
+    """Array [period, bin, field] of one site's histogram sums, zeros where nothing was scored."""
+    out = np.zeros((last - first + 1, bins, len(BIN_FIELDS)))
+    if frame.empty:
+        return out
+    part = frame[(frame["site_id"] == site_id) & frame["period"].between(first, last)]
+    if part.empty:
+        return out
+    rows = part["period"].to_numpy(dtype=np.int64) - first
+    cols = part["bin"].to_numpy(dtype=np.int64)
+    out[rows, cols, :] = part[list(BIN_FIELDS)].to_numpy(dtype=float)
+    return out
+
+
+def dense_sums(frame: pd.DataFrame, site_id: int, first: int, last: int) -> F64:
+    """Array [period, field] of one site's rollup sums."""
+    out = np.zeros((last - first + 1, len(SUM_FIELDS)))
+    if frame.empty:
+        return out
+    part = frame[(frame["site_id"] == site_id) & frame["period"].between(first, last)]
+    if part.empty:
+        return out
+    out[part["period"].to_numpy(dtype=np.int64) - first, :] = part[list(SUM_FIELDS)].to_numpy(
+        dtype=float
+    )
+    return out
+
+
+def trailing(values: F64, window: int) -> F64:
+    """Sum over the trailing `window` periods along axis 0 (a period and the window - 1 before)."""
+    cum = np.cumsum(values, axis=0)
+    shifted = np.zeros_like(cum)
+    if window < len(cum):
+        shifted[window:] = cum[:-window]
+    return np.asarray(cum - shifted, dtype=float)
+
+
+def first_hours(conn: Connection, model_id: int) -> dict[int, int]:
+    """The first scored hour per site of one model (the start of each site's history)."""
+    rows = conn.execute(
+        sa.select(R.c.site_id, sa.func.min(R.c.hour))
+        .where(R.c.model_id == model_id)
+        .group_by(R.c.site_id)
+    ).all()
+    return {int(s): int(h) for s, h in rows}
+
+
+def latest_points(
+    conn: Connection,
+    *,
+    monitor: str,
+    metrics: Iterable[str],
+    model_id: int,
+    site_id: int,
+    before: datetime,
+) -> dict[str, dict[str, Any]]:
+    """The newest point of each metric for one model x site whose window starts before `before`."""
+    found: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        row = (
+            conn.execute(
+                sa.select(MP)
+                .where(
+                    MP.c.monitor == monitor,
+                    MP.c.metric == metric,
+                    MP.c.model_id == model_id,
+                    MP.c.site_id == site_id,
+                    MP.c.version_id == 0,
+                    MP.c.arm == "all",
+                    MP.c.window_start < before,
+                )
+                .order_by(MP.c.window_start.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        if row is not None:
+            found[metric] = dict(row)
+    return found
+
+
+def daily_inputs(
+    conn: Connection,
+    model_id: int,
+    first_day: int,
+    last_day: int,
+    *,
+    site_id: int | None = None,
+) -> pd.DataFrame:
+    """Input-histogram counts per site x day x feature x bin over [first_day, last_day]."""
+    day = (I.c.hour // 24).label("period")
+    query = (
+        sa.select(I.c.site_id, day, I.c.feature, I.c.bin, sa.func.sum(I.c.n).label("n"))
+        .where(
+            I.c.model_id == model_id,
+            I.c.hour >= first_day * 24,
+            I.c.hour < (last_day + 1) * 24,
+        )
+        .group_by(I.c.site_id, day, I.c.feature, I.c.bin)
+    )
+    if site_id is not None:
+        query = query.where(I.c.site_id == site_id)
+    return pd.DataFrame(
+        conn.execute(query).all(), columns=["site_id", "period", "feature", "bin", "n"]
+    )

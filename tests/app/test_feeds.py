@@ -1,0 +1,48 @@
+"""AppTest of the Feeds page: live freshness grid, the stuck feed, lag chart, degraded scores."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from streamlit.testing.v1 import AppTest
+
+from collectors.runner import collect_files
+from tests.app.operational import ENTRYPOINT, app_env, now_minute
+from tests.factories import heartbeat, iso, write_jsonl
+
+__all__ = ["app_env"]
+
+
+def test_feeds_page_flags_the_stuck_feed_at_its_site_only(
+    app_env: None, engine: Engine, tmp_path: Path
+) -> None:
+    now = now_minute()
+    stuck_since = now - timedelta(hours=3)
+    beats = []
+    for k in range(1, 17):
+        at = now - timedelta(minutes=15 * k - 5)
+        for site in ("UMC", "RVH", "LKS", "MTN", "PRR"):
+            for feed in ("ADT", "LAB", "VITALS"):
+                frozen = site == "RVH" and feed == "LAB" and at > stuck_since
+                last = stuck_since if frozen else at - timedelta(seconds=50)
+                beats.append(
+                    heartbeat(at, site=site, feed=feed, last_event_at=iso(last),
+                              messages=0 if frozen else 30)
+                )  # fmt: skip
+    list(collect_files(engine, [write_jsonl(tmp_path / "heartbeats-x.jsonl", beats)], secret="s"))
+    page = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    page.switch_page("app_pages/feeds.py").run()
+    assert not page.exception
+    assert page.title[0].value == "Feeds"
+    [error] = [e.value for e in page.error]
+    assert error.startswith("**LAB at RVH**") and "stale-feed" in error
+    table = page.dataframe[0].value
+    assert len(table) == 15
+    rvh_lab = table[(table["site"] == "RVH") & (table["feed"] == "LAB")].iloc[0]
+    assert (
+        rvh_lab["status"] == "breach" and rvh_lab["event_lag_min"] == 170.0
+    )  # frozen 3 h ago, last beat 10 min ago
+    assert set(table.loc[table["status"] != "ok", "site"]) == {"RVH"}
+    assert len(page.get("plotly_chart")) == 2  # grid and the lag chart

@@ -1,0 +1,108 @@
+"""Permissions: every role that must not act is refused by the action itself; nothing changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from incidents import actions
+from incidents.auth import PERMISSIONS, Action, Actor, PermissionDenied, Role, authorize, can
+from store.models import PageOutbox, table_of
+from tests.incidents.conftest import NOW, RESPONDER, breach, make_settings, snapshot
+
+SETTINGS = make_settings()
+
+
+def test_the_matrix_in_one_place() -> None:
+    assert set(PERMISSIONS) == set(Action)
+    allowed = {
+        action.value: sorted(r.value for r in roles) for action, roles in PERMISSIONS.items()
+    }
+    assert allowed["disable_score"] == ["admin", "incident_responder"]
+    assert allowed["enable_score"] == ["admin", "incident_responder"]
+    assert allowed["rollback"] == ["admin", "incident_responder"]
+    assert allowed["acknowledge_alert"] == [
+        "admin",
+        "clinical_lead",
+        "incident_responder",
+        "oncall",
+    ]
+    assert allowed["resolve_alert"] == ["admin", "incident_responder", "oncall"]
+    assert allowed["export_report"] == sorted(r.value for r in Role)
+    # A viewer can only read and export.
+    assert [a for a in Action if can(Actor("v", Role.VIEWER), a)] == [Action.EXPORT_REPORT]
+    assert not can(None, Action.EXPORT_REPORT)
+    with pytest.raises(PermissionDenied, match="oncall, which may not disable_score"):
+        authorize(Actor("o", Role.ONCALL), Action.DISABLE_SCORE)
+    with pytest.raises(ValueError):
+        Actor("x", "superuser")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Actor("  ", Role.ADMIN)
+
+
+def _calls(engine: Engine, alert_id: int, outbox_id: int) -> dict[Action, Callable[[Actor], Any]]:
+    common: dict[str, Any] = {"now": NOW, "settings": SETTINGS}
+    return {
+        Action.DISABLE_SCORE: lambda a: actions.disable_score(
+            engine, a, model="deterioration", site="UMC", reason="drifting badly",
+            incident_title="Drift", **common,
+        ),
+        Action.ENABLE_SCORE: lambda a: actions.enable_score(
+            engine, a, model="readmission", site="RVH", reason="fixed now",
+            incident_id=1, **common,
+        ),
+        Action.ACKNOWLEDGE_ALERT: lambda a: actions.acknowledge_alert(
+            engine, a, alert_id=alert_id, **common
+        ),
+        Action.ESCALATE_ALERT: lambda a: actions.escalate_alert(
+            engine, a, alert_id=alert_id, note="need help", **common
+        ),
+        Action.RESOLVE_ALERT: lambda a: actions.resolve_alert(
+            engine, a, alert_id=alert_id, note="false alarm", **common
+        ),
+        Action.PAGE_NOW: lambda a: actions.page_now(
+            engine, a, alert_id=alert_id, note="please look", **common
+        ),
+        Action.OPEN_INCIDENT: lambda a: actions.open_incident(engine, a, title="Sth", now=NOW),
+        Action.RETRY_PAGE: lambda a: actions.retry_page(engine, a, outbox_id=outbox_id, now=NOW),
+    }  # fmt: skip
+
+
+def test_every_role_that_must_not_act_is_refused_and_nothing_changes(engine: Engine) -> None:
+    alert_id = breach(engine)
+    # State every action could change: a disabled score (for enable), a failed page (for retry).
+    actions.disable_score(
+        engine, RESPONDER, model="readmission", site="RVH", reason="label feed broken",
+        incident_title="Readmission labels", now=NOW, settings=SETTINGS,
+    )  # fmt: skip
+    outbox = table_of(PageOutbox)
+    with engine.begin() as conn:
+        conn.execute(sa.update(outbox).values(status="failed", last_error="Slack 200: is_archived"))
+        outbox_id = conn.execute(sa.select(outbox.c.id)).scalar_one()
+    calls = _calls(engine, alert_id, outbox_id)
+    later = {Action.PROMOTE_VERSION, Action.ROLLBACK, Action.EDIT_THRESHOLDS, Action.EXPORT_REPORT}
+    assert set(calls) == set(Action) - later  # every action that exists so far
+    refused = 0
+    for action, call in calls.items():
+        for role in Role:
+            if role in PERMISSIONS[action]:
+                continue
+            before = snapshot(engine)
+            with pytest.raises(PermissionDenied):
+                call(Actor(f"Someone ({role.value})", role))
+            assert snapshot(engine) == before, (action, role)
+            refused += 1
+    assert refused == 14  # the matrix's refusals over these eight actions
+
+    # And the roles that may act do change things (so the refusals above mean something).
+    before = snapshot(engine)
+    calls[Action.ACKNOWLEDGE_ALERT](Actor("Cleo Lead", Role.CLINICAL_LEAD))
+    calls[Action.DISABLE_SCORE](Actor("Ada Admin", Role.ADMIN))
+    calls[Action.RETRY_PAGE](Actor("Olu Oncall", Role.ONCALL))
+    after = snapshot(engine)
+    for table in ("alert", "killswitch", "auditevent", "pageoutbox"):
+        assert after[table] != before[table], table
