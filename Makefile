@@ -33,8 +33,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# PostgreSQL figures run when a server answers on 127.0.0.1:5432 (or VIGIL_BENCH_POSTGRES_URL is set).
 bench: setup
-	$(BIN)/vigil bench
+	VIGIL_BENCH_POSTGRES_URL="$${VIGIL_BENCH_POSTGRES_URL:-$$(pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo postgresql+psycopg://postgres@127.0.0.1:5432/test)}" \
+	  $(BIN)/vigil bench
 
 lint: setup
 	$(BIN)/ruff check .

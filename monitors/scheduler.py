@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,11 +34,11 @@ from apscheduler.events import (
 )
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.engine import Engine
 
 from collectors.runner import collect_inbox
-from incidents.alerts import AlertChanges, sync_alerts
+from incidents.alerts import AlertChanges, sync_alerts, sync_all_alerts
 from incidents.paging import paging_job
 from monitors.config import MonitorConfig
 from monitors.registry import MonitorRegistry, default_registry
@@ -247,11 +248,11 @@ def jobstore_engine(url: str) -> Engine:
     return make_engine(url)  # PostgreSQL engines are made with pool_pre_ping already
 
 
-def build_scheduler(*, simulate: bool = False) -> BlockingScheduler:
+def build_scheduler(*, simulate: bool = False) -> BackgroundScheduler:
     """A scheduler with every job registered on its own interval."""
     settings = get_settings()
     scheduler_engine = jobstore_engine(settings.scheduler_url)
-    scheduler = BlockingScheduler(
+    scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(engine=scheduler_engine)},
         executors={
             # Data jobs run one at a time; the heartbeat and paging have their own threads
@@ -336,16 +337,26 @@ def run_scheduler(*, simulate: bool = False) -> None:
     _started_at = utcnow()
     scheduler = build_scheduler(simulate=simulate)
 
+    stop = threading.Event()
+
     def _stop(signum: int, _frame: object) -> None:
         # Once only: Ctrl-C reaches us from the terminal and `vigil serve` sends SIGTERM too.
+        # The handler only sets a flag; the main thread shuts the scheduler down, so no
+        # job is being submitted while its executor closes.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         logger.info("scheduler stopping (signal %d); letting a running job finish", signum)
-        scheduler.shutdown(wait=False)
+        stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     record_heartbeat(_get_engine(), started_at=_started_at)
+    # Reconcile alerts with every monitor's latest evidence once at start: results written
+    # while no scheduler ran (a bootstrap, a manual `vigil monitor`) must still alert.
+    sync_all_alerts(_get_engine())
     logger.info("scheduler started with jobs: %s", [j.id for j in scheduler.get_jobs()])
     scheduler.start()
+    while not stop.wait(1.0):
+        pass
+    scheduler.shutdown(wait=True)
     logger.info("scheduler stopped")

@@ -186,6 +186,7 @@ def bootstrap(
     )
     typer.echo("demo data written; collecting it (this takes a minute) ...")
     from collectors.runner import collect_inbox
+    from incidents.alerts import sync_all_alerts
     from monitors.config import MonitorConfig
     from monitors.registry import default_registry
     from store.models import utcnow
@@ -195,7 +196,11 @@ def bootstrap(
     refresh(engine)
     for entry in default_registry():
         entry.run(engine, MonitorConfig.from_file(), utcnow())
-    typer.echo(f"demo loaded in {time.monotonic() - started:.0f} s")
+    # Alerts for what the history already shows (the scheduler only syncs what changes).
+    changes = sync_all_alerts(engine)
+    typer.echo(
+        f"demo loaded in {time.monotonic() - started:.0f} s; {len(changes.opened)} alert(s) open"
+    )
 
 
 @app.command()

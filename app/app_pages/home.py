@@ -32,6 +32,7 @@ try:
     grid = data.status_grid(*OE)
     volumes = data.volumes()
     quarantined = data.quarantine()
+    open_alerts = data.incident_alerts()
 except DBAPIError as exc:
     st.error(
         "The Vigil database is unreachable, so nothing below is current. "
@@ -62,6 +63,24 @@ else:
     cols[1].metric("Last monitor run", _age(beat.get("last_monitor_run_at")))
     cols[2].metric(
         "Predictions stored", f"{int(volumes['predictions'].sum()) if not volumes.empty else 0:,}"
+    )
+
+st.subheader("Open alerts")
+if open_alerts.empty:
+    st.success("No open alerts.", icon=":material/check_circle:")
+else:
+    pages = open_alerts[open_alerts["severity"] == "page"]
+    st.markdown(
+        f"**{len(open_alerts)} open alert(s)**, {len(pages)} paging. "
+        "Act on them in the Incidents console, where each links its runbook."
+    )
+    st.dataframe(
+        open_alerts[["severity", "status", "model", "site", "monitor", "summary", "opened_at"]],
+        hide_index=True,
+        width="stretch",
+    )
+    st.page_link(
+        "app_pages/incidents.py", label="Open the incident console", icon=":material/emergency:"
     )
 
 st.subheader("Calibration: observed ÷ expected outcomes, latest settled window")

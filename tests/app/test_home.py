@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from collectors.runner import collect_files
 from monitors.config import MonitorConfig
 from monitors.runner import run_observed_expected
+from incidents.alerts import sync_alerts
 from monitors.scheduler import record_heartbeat
 from store.rollups import refresh
 from tests.factories import outcome, prediction, write_jsonl
@@ -56,7 +57,8 @@ def _seed(engine: Engine, tmp_path: Path, *, miscalibrated_site: str) -> datetim
     ]
     list(collect_files(engine, files, secret="s"))
     refresh(engine, now=now)
-    run_observed_expected(engine, MonitorConfig.from_file(), now)
+    results = run_observed_expected(engine, MonitorConfig.from_file(), now)
+    sync_alerts(engine, results, now=now)
     return now
 
 
@@ -74,6 +76,9 @@ def test_home_shows_the_status_grid_and_flags_the_miscalibrated_site(
     assert "deterioration at UMC" not in attention
     assert not at.warning  # the heartbeat is fresh
     assert [m.label for m in at.metric][:2] == ["Scheduler heartbeat", "Last monitor run"]
+    alerts = at.dataframe[0].value
+    assert list(alerts["site"]) == ["RVH"]
+    assert list(alerts["monitor"]) == ["observed_expected"]
 
 
 def test_home_explains_an_empty_store_and_a_silent_scheduler(app_env: None, engine: Engine) -> None:
