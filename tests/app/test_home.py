@@ -13,9 +13,9 @@ from sqlalchemy.engine import Engine
 from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
+from incidents.alerts import sync_alerts
 from monitors.config import MonitorConfig
 from monitors.runner import run_observed_expected
-from incidents.alerts import sync_alerts
 from monitors.scheduler import record_heartbeat
 from store.rollups import refresh
 from tests.factories import outcome, prediction, write_jsonl
