@@ -99,7 +99,9 @@ def settle_labels(
     positive = conn.execute(
         sa.update(P)
         .where(
-            P.c.model_id == model.id,
+            # `+ 0` keeps the planner off the model_id indexes (which would scan the model's
+            # whole history): the few encounters with new outcomes drive this update.
+            (P.c.model_id + 0) == model.id,
             sa.or_(P.c.label.is_(None), P.c.label == 0),
             P.c.encounter_key.in_(new_outcome_keys),
             within,
@@ -321,11 +323,16 @@ def refresh(engine: Engine, *, now: datetime | None = None) -> RefreshResult:
             pos, neg = settle_labels(conn, model, now=now, wm_prediction=wm_p, wm_outcome=wm_o)
             result.settled_positive += pos
             result.settled_negative += neg
-            changed = P.c.model_id == model.id
+            # New rows are found by primary-key range (`+ 0`: not by the model's index, which
+            # would read its whole history), settled rows by this run's settled_at.
             dirty = conn.execute(
                 sa.select(P.c.scored_hour)
-                .where(changed, sa.and_(P.c.id > wm_p, P.c.id <= top_p))
-                .union(sa.select(P.c.scored_hour).where(changed, P.c.settled_at == now))
+                .where((P.c.model_id + 0) == model.id, P.c.id > wm_p, P.c.id <= top_p)
+                .union(
+                    sa.select(P.c.scored_hour).where(
+                        P.c.model_id == model.id, P.c.settled_at == now
+                    )
+                )
             ).scalars()
             result.hours_rebuilt += rebuild_hours(conn, model, dirty, now=now)
         result.new_predictions = int(top_p - wm_p)

@@ -191,14 +191,18 @@ class FakeSlack:
             body = {"ok": False, "error": "internal_error"}
             self._reply(request, method, params, behaviour.status, body, str(behaviour.status))
             return
+        # A hang is recorded when it starts, not when the late answer goes out: the client
+        # has given up by then, and a test may already be checking what happened.
         if isinstance(behaviour, Hang) and not behaviour.after_work:
+            self._record(method, params, 500, "hang")
             time.sleep(behaviour.seconds)
-            self._reply(request, method, params, 500, {"ok": False, "error": "late"}, "hang")
+            self._reply(request, method, params, 500, {"ok": False, "error": "late"}, None)
             return
         status, body = self._work(method, params)
         if isinstance(behaviour, Hang):
+            self._record(method, params, status, "hang-after-work")
             time.sleep(behaviour.seconds)
-            self._reply(request, method, params, status, body, "hang-after-work")
+            self._reply(request, method, params, status, body, None)
             return
         if isinstance(behaviour, ServerError):
             body = {"ok": False, "error": "internal_error"}
@@ -213,11 +217,11 @@ class FakeSlack:
         params: dict[str, Any],
         status: int,
         body: dict[str, Any],
-        behaviour: str,
+        behaviour: str | None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        with self._lock:
-            self.requests.append(Recorded(method, params, status, behaviour))
+        if behaviour is not None:  # None: already recorded
+            self._record(method, params, status, behaviour)
         data = json.dumps(body).encode()
         try:
             request.send_response(status)
@@ -229,6 +233,10 @@ class FakeSlack:
             request.wfile.write(data)
         except OSError:
             pass  # the client gave up (a hang)
+
+    def _record(self, method: str, params: dict[str, Any], status: int, behaviour: str) -> None:
+        with self._lock:
+            self.requests.append(Recorded(method, params, status, behaviour))
 
     def _channel_id(self, channel: str) -> str:
         return channel if channel[:1] in {"C", "G", "D"} else "C" + channel.lstrip("#").upper()
