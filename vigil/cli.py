@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import typer
 
 from store.models import table_of
+from vigil.commands.common import engine as _engine
 from vigil.config import get_settings
 
 app = typer.Typer(
@@ -42,12 +43,6 @@ def main(
     )
     for noisy in ("apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _engine() -> sa.engine.Engine:
-    from store.db import make_engine
-
-    return make_engine(get_settings().database_url)
 
 
 @db_app.command("upgrade")

@@ -6,15 +6,14 @@ audits the action; on the command line the actor is named with --actor and --rol
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy.engine import Engine
 
-from incidents.auth import Actor, PermissionDenied, Role
-from vigil.config import get_settings
+from vigil.commands.common import actor as _actor
+from vigil.commands.common import engine as _engine
+from vigil.commands.common import run_action as _run_action
 
 canary_app = typer.Typer(help="Canary versus control, and release stages.", no_args_is_help=True)
 
@@ -25,31 +24,6 @@ RoleName = Annotated[
         "--role", help="Your role: viewer, clinical_lead, oncall, incident_responder or admin."
     ),
 ]
-
-
-def _engine() -> Engine:
-    from store.db import make_engine
-
-    return make_engine(get_settings().database_url)
-
-
-def _actor(name: str, role: str) -> Actor:
-    try:
-        return Actor(name, Role(role))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-
-
-def _run_action(call: Callable[[], Any]) -> None:
-    try:
-        result = call()
-    except PermissionDenied as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(3) from exc
-    except (ValueError, LookupError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(result.message)
 
 
 def _print_judgement(judgement: dict[str, Any]) -> None:

@@ -7,15 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy.engine import Engine
 
+from vigil.commands.common import engine as _engine
 from vigil.config import get_settings
-
-
-def _engine() -> Engine:
-    from store.db import make_engine
-
-    return make_engine(get_settings().database_url)
 
 
 def collect(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from sqlalchemy.engine import Engine
 
-from incidents.auth import Actor, PermissionDenied, Role
+from vigil.commands.common import actor as _actor
+from vigil.commands.common import engine as _engine
+from vigil.commands.common import run_action as _run_action
 from vigil.config import get_settings
 
 ActorName = Annotated[str, typer.Option("--actor", help="Your name, for the audit log.")]
@@ -26,32 +26,6 @@ RoleName = Annotated[
         help="Your role: viewer, clinical_lead, oncall, incident_responder or admin.",
     ),
 ]
-
-
-def _engine() -> Engine:
-    from store.db import make_engine
-
-    return make_engine(get_settings().database_url)
-
-
-def _actor(name: str, role: str) -> Actor:
-    try:
-        return Actor(name, Role(role))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-
-
-def _run_action(call: Callable[[], Any]) -> None:
-    """Run an action; permission, validation and lookup errors exit non-zero with the reason."""
-    try:
-        result = call()
-    except PermissionDenied as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(3) from exc
-    except (ValueError, LookupError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(result.message)
 
 
 def api(

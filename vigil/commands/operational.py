@@ -10,6 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 import typer
 
+from vigil.commands.common import engine as _engine
 from vigil.config import get_settings
 
 ops_app = typer.Typer(
@@ -21,12 +22,6 @@ At = Annotated[
     str | None,
     typer.Option("--at", help="Evaluate as of this moment (ISO UTC), e.g. 2026-08-22T15:00:00Z."),
 ]
-
-
-def _engine() -> sa.engine.Engine:
-    from store.db import make_engine
-
-    return make_engine(get_settings().database_url)
 
 
 def _moment(at: str | None) -> datetime:
