@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run setup test lint format bench constraints clean-data clean help
+.PHONY: run setup system-deps test lint format bench constraints clean-data clean help
 
 help:
 	@echo "make run    - set up (venv, install, migrate, demo data) and serve http://localhost:8501"
@@ -24,7 +24,18 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Debian packages: chromium (browser tests, PDF reports) and poppler-utils (pdftotext in tests).
+# Installed from Debian only; nothing downloads a browser of its own.
+SYSTEM_TOOLS := chromium pdftotext
+system-deps:
+	@missing=0; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "Installing Debian packages: chromium poppler-utils"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium poppler-utils; \
+	fi
+
+setup: $(STAMP) system-deps
 
 run: setup
 	$(BIN)/vigil bootstrap
