@@ -157,22 +157,38 @@ class PredictionRecord:
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> PredictionRecord:
-        # Written out rather than through the helpers: this runs for every logged score.
         latest = info.context["latest"] if info.context else None
-        trigger, scored, delivered = self.trigger_at, self.scored_at, self.delivered_at
-        if latest is not None and (
-            trigger > latest or scored > latest or (delivered is not None and delivered > latest)
-        ):
-            raise PydanticCustomError(
-                "future_timestamp", "timestamp is later than now plus the allowed clock skew"
-            )
-        if self.score is None and self.status == "ok":
-            raise PydanticCustomError("missing_field", "score: status ok needs a score")
-        if scored < trigger - ALLOWED_CLOCK_SKEW:
-            raise PydanticCustomError("time_order", "scored_at is before trigger_at")
-        if delivered is not None and delivered < scored - ALLOWED_CLOCK_SKEW:
-            raise PydanticCustomError("time_order", "delivered_at is before scored_at")
+        fault = prediction_fault(
+            self.trigger_at, self.scored_at, self.delivered_at, self.score, self.status, latest
+        )
+        if fault is not None:
+            raise PydanticCustomError(*fault)
         return self
+
+
+def prediction_fault(
+    trigger: datetime,
+    scored: datetime,
+    delivered: datetime | None,
+    score: float | None,
+    status: str,
+    latest: datetime | None,
+) -> tuple[str, str] | None:
+    """The cross-field rules of a prediction: None, or the reason code and message it breaks.
+
+    Written out rather than through the helpers: this runs for every logged score.
+    """
+    if latest is not None and (
+        trigger > latest or scored > latest or (delivered is not None and delivered > latest)
+    ):
+        return "future_timestamp", "timestamp is later than now plus the allowed clock skew"
+    if score is None and status == "ok":
+        return "missing_field", "score: status ok needs a score"
+    if scored < trigger - ALLOWED_CLOCK_SKEW:
+        return "time_order", "scored_at is before trigger_at"
+    if delivered is not None and delivered < scored - ALLOWED_CLOCK_SKEW:
+        return "time_order", "delivered_at is before scored_at"
+    return None
 
 
 @pydantic_dataclasses.dataclass(frozen=True, slots=True, config=_CONFIG)

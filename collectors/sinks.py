@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from pydantic_core import to_json
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +34,7 @@ from collectors.contracts import (
     PredictionRecord,
 )
 from collectors.hl7v2 import FeedFault
+from collectors.prediction_lines import PredictionValues
 from collectors.pseudonym import EncounterKeys
 from store.bulk import insert_ignoring_conflicts
 from store.models import (
@@ -95,16 +98,17 @@ class PredictionSink:
     secret: str
     kind: str = "predictions"
     _keys: EncounterKeys = field(init=False, repr=False)
-    _models: dict[str, tuple[int, timedelta]] = field(init=False, repr=False)
+    # model name → (id, horizon, horizon in whole hours or None)
+    _models: dict[str, tuple[int, timedelta, int | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._keys = EncounterKeys(self.secret)
         self._models = {
-            name: (model.id or 0, timedelta(hours=model.horizon_hours))
+            name: (model.id or 0, timedelta(hours=model.horizon_hours), _whole(model.horizon_hours))
             for name, model in self.registry.models.items()
         }
 
-    def prepare(self, batch: Batch[PredictionRecord]) -> Prepared:
+    def prepare(self, batch: Batch[PredictionRecord | PredictionValues]) -> Prepared:
         """Store rows (PREDICTION_COLUMNS order); refused: unknown names and conflicting
         duplicates within the batch."""
         prepared = Prepared()
@@ -113,8 +117,9 @@ class PredictionSink:
         models, versions, sites = self._models, self.registry.versions, self.registry.sites
         keys, known = self._keys, self._keys.known
         blake2b, log, bisect = hashlib.blake2b, math.log, bisect_right
-        score_edges, latency_edges = SCORE_BIN_EDGES, LATENCY_BIN_EDGES
+        score_edges, latency_edges, last_bin = SCORE_BIN_EDGES, LATENCY_BIN_EDGES, SCORE_BINS - 1
         hours: dict[str, int] = {}
+        hour_texts: dict[int, str] = {}
         utc = PYDANTIC_UTC
         ingested = utc_text(utcnow())
         for index, rec in enumerate(batch.records):
@@ -132,54 +137,77 @@ class PredictionSink:
                 refused.append((index, _unknown_site(rec.site)))
                 continue
             encounter = known.get(rec.encounter_id) or keys(rec.encounter_id)
-            # utc_text, written out: four timestamps per row
+            prediction_id = rec.prediction_id
+            if rec.encounter_id in prediction_id:  # an id built from the encounter id
+                prediction_id = scrub_encounter(prediction_id, rec.encounter_id, encounter)
             trigger_at, scored_at, delivered_at = rec.trigger_at, rec.scored_at, rec.delivered_at
-            if trigger_at.tzinfo is not utc:
-                trigger_at = trigger_at.astimezone(UTC)
-            if scored_at.tzinfo is not utc:
-                scored_at = scored_at.astimezone(UTC)
-            trigger = trigger_at.isoformat(" ", "microseconds")[:26]
-            scored = scored_at.isoformat(" ", "microseconds")[:26]
-            horizon_end = (scored_at + model[1]).isoformat(" ", "microseconds")[:26]
+            if type(rec) is PredictionValues:  # the fast lane cut the UTC texts already
+                trigger, scored, delivered = rec.trigger_text, rec.scored_text, rec.delivered_text
+            else:  # utc_text, written out: three timestamps per row
+                if trigger_at.tzinfo is not utc:
+                    trigger_at = trigger_at.astimezone(UTC)
+                if scored_at.tzinfo is not utc:
+                    scored_at = scored_at.astimezone(UTC)
+                trigger = trigger_at.isoformat(" ", "microseconds")[:26]
+                scored = scored_at.isoformat(" ", "microseconds")[:26]
+                if delivered_at is None:
+                    delivered = None
+                else:
+                    if delivered_at.tzinfo is not utc:
+                        delivered_at = delivered_at.astimezone(UTC)
+                    delivered = delivered_at.isoformat(" ", "microseconds")[:26]
+            hour = hours.get(scored[:13])
+            if hour is None:
+                hour = hours[scored[:13]] = int(scored_at.timestamp() // 3600)
+            if model[2] is None:
+                horizon_end = (scored_at + model[1]).isoformat(" ", "microseconds")[:26]
+            else:  # whole hours later: the same minutes and seconds, another hour
+                end_hour = hour + model[2]
+                end_text = hour_texts.get(end_hour)
+                if end_text is None:
+                    end_text = hour_texts[end_hour] = utc_text(
+                        datetime.fromtimestamp(end_hour * 3600, UTC)
+                    )[:13]
+                horizon_end = end_text + scored[13:]
+            # min() and max() written out as conditions: they run for every row
             if delivered_at is None:
-                delivered = latency = lat_bin = None
+                latency = lat_bin = None
             else:
-                if delivered_at.tzinfo is not utc:
-                    delivered_at = delivered_at.astimezone(UTC)
-                delivered = delivered_at.isoformat(" ", "microseconds")[:26]
                 latency = (delivered_at - trigger_at).total_seconds()
-                lat_bin = max(bisect(latency_edges, latency) - 1, 0)  # latency_bin
+                lat_bin = bisect(latency_edges, latency) - 1  # latency_bin
+                if lat_bin < 0:
+                    lat_bin = 0
             score = rec.score
             if score is None:
                 bin_ = logit = None
             else:
-                bin_ = min(bisect(score_edges, score) - 1, SCORE_BINS - 1)  # score_bin
-                clipped = min(max(score, 1e-6), 1 - 1e-6)  # score_logit
+                bin_ = bisect(score_edges, score) - 1  # score_bin
+                if bin_ > last_bin:
+                    bin_ = last_bin
+                # score_logit, of the score clipped to [1e-6, 1 - 1e-6]
+                clipped = 1e-6 if score < 1e-6 else 1 - 1e-6 if score > 1 - 1e-6 else score
                 logit = log(clipped / (1 - clipped))
-            hour = hours.get(scored[:13])
-            if hour is None:
-                hour = hours[scored[:13]] = int(scored_at.timestamp() // 3600)
             inputs = rec.inputs
-            inputs_json = None if inputs is None else to_json(dict(sorted(inputs.items()))).decode()
+            inputs_json = None if inputs is None else inputs_text(inputs)
             content = (
-                f"{rec.prediction_id}\x1f{rec.model}\x1f{rec.model_version}\x1f{rec.site}\x1f"
+                f"{prediction_id}\x1f{rec.model}\x1f{rec.model_version}\x1f{rec.site}\x1f"
                 f"{rec.unit}\x1f{encounter}\x1f{trigger}\x1f{scored}\x1f{delivered}\x1f"
                 f"{score!r}\x1f{rec.threshold!r}\x1f{rec.alert:d}\x1f{rec.arm}\x1f{rec.status}"
                 f"\x1f{inputs_json}"
             )
             digest = blake2b(content.encode(), digest_size=16).hexdigest()
-            earlier = seen.get(rec.prediction_id)
+            earlier = seen.get(prediction_id)
             if earlier is not None:
                 if rows[earlier][_HASH] == digest:
                     prepared.duplicates += 1
                 else:
                     refused.append((index, _conflict()))
                 continue
-            seen[rec.prediction_id] = len(rows)
+            seen[prediction_id] = len(rows)
             origin.append(index)
             rows.append(
                 (
-                    rec.prediction_id,
+                    prediction_id,
                     model[0],
                     version_id,
                     site_id,
@@ -225,6 +253,35 @@ class PredictionSink:
                     conflicts += 1
             result.duplicates += len(rows) - inserted - conflicts
         return refused
+
+
+_INPUTS_JSON = msgspec.json.Encoder(order="sorted").encode
+_POSITIVE_EXPONENT = re.compile(rb"[0-9]e[0-9]").search
+
+
+def scrub_encounter(prediction_id: str, encounter_id: str, encounter_key: str) -> str:
+    """A prediction id that embeds the raw encounter id (`det-E123-004`) with the encounter's
+    pseudonym in its place, so the stored id carries no patient identifier. Deterministic, so a
+    rerun still finds the same id."""
+    if not encounter_id:
+        return prediction_id
+    return prediction_id.replace(encounter_id, f"~{encounter_key[:20]}")
+
+
+def inputs_text(inputs: dict[str, float | None]) -> str:
+    """Named inputs as stored (and hashed): compact JSON, keys sorted, as pydantic writes it.
+
+    msgspec writes the same text faster, except for floats of 1e16 and more ("1e16", where
+    pydantic writes "1e+16"); those take pydantic's way.
+    """
+    text = _INPUTS_JSON(inputs)
+    if _POSITIVE_EXPONENT(text):
+        text = to_json(dict(sorted(inputs.items())))
+    return text.decode()
+
+
+def _whole(hours: float) -> int | None:
+    return int(hours) if float(hours).is_integer() else None
 
 
 def _conflict() -> ContractViolation:

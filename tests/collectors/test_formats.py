@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -308,14 +309,27 @@ def _quarantined(engine: Engine) -> list[tuple[str, str, str]]:
     return [tuple(r) for r in rows]
 
 
+@pytest.mark.parametrize("cores", [2, 4])  # one helper process, or two taking turns
 def test_the_helper_process_gives_exactly_what_the_single_process_path_gives(
-    engine: Engine, db_url: str, tmp_path: Path
+    engine: Engine, db_url: str, tmp_path: Path, cores: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import collectors.base
     from store.db import make_engine, upgrade  # a second store for the comparison
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    counts: list[int] = []
+    helpers = collectors.base._prepared_by_helpers
+
+    def counted(*args: Any) -> Any:
+        counts.append(args[-1])
+        return helpers(*args)
+
+    monkeypatch.setattr(collectors.base, "_prepared_by_helpers", counted)
 
     lines: list[Any] = [*_records(40), "{broken", prediction(3, score=0.9), prediction(7, site="X")]
     path = write_jsonl(tmp_path / "predictions-h.jsonl", lines)
     [with_helper] = _collect(engine, path, batch_units=7, helper=True)
+    assert counts == [1 if cores == 2 else 2]
     other_url = f"sqlite:///{tmp_path / 'other.db'}"
     upgrade(other_url)
     other = make_engine(other_url)

@@ -105,3 +105,31 @@ def test_raw_ids_are_in_neither_the_database_nor_the_logs(
     assert found == []
     # The keys are there instead (so the check above looked at real content).
     assert encounter_key("UMC-E0000001", SECRET).encode() in stored
+
+
+def test_a_prediction_id_built_from_the_encounter_id_is_stored_with_its_pseudonym(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ids = [f"UMC-E{n:07d}" for n in range(1, 4)]
+    records = [
+        prediction(n, encounter_id=ids[n - 1], prediction_id=f"det-{ids[n - 1]}-{n:03d}")
+        for n in range(1, 4)
+    ]
+    write_jsonl(folder / "predictions-a.jsonl", records)
+    write_csv(folder / "predictions-b.csv", [records[0]])  # the same prediction in another file
+    results = [r for r in collect_files(engine, [folder], secret=SECRET, now=lambda: NOW)]
+    assert [(r.inserted, r.duplicates, r.quarantined) for r in results] == [(3, 0, 0), (0, 1, 0)]
+    with engine.connect() as conn:
+        stored = list(
+            conn.execute(
+                sa.text("SELECT prediction_id FROM prediction ORDER BY prediction_id")
+            ).scalars()
+        )
+    expected = sorted(
+        f"det-~{encounter_key(raw, SECRET)[:20]}-{n:03d}" for n, raw in enumerate(ids, start=1)
+    )
+    assert stored == expected
+    engine.dispose()
+    assert not [raw for raw in ids if raw.encode() in _store_text(engine, db_url)]

@@ -22,6 +22,7 @@ from scipy import stats
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sqlalchemy.engine import Engine
 
+from collectors.pseudonym import encounter_key
 from collectors.runner import collect_files
 from monitors import windowed
 from monitors.base import Status
@@ -178,7 +179,7 @@ def check_calibration_drift(
     late_eid = "UMC-E00004007"  # day 2, UMC, prediction 7 (settled negative)
     with engine.connect() as conn:
         scored = conn.execute(
-            sa.select(P.c.scored_at).where(P.c.prediction_id == f"det-{late_eid}")
+            sa.select(P.c.scored_at).where(P.c.encounter_key == encounter_key(late_eid, "s"))
         ).scalar_one()
     write_jsonl(
         tmp_path / "outcomes-late.jsonl",
