@@ -18,6 +18,28 @@ STATUS_LABELS = {
     "insufficient-data": "No data",
 }
 _STATUS_ORDER = list(STATUS_COLORS)
+NO_DATA_COLOR = STATUS_COLORS["insufficient-data"]
+REFERENCE_COLOR = "#616161"  # reference lines: O:E = 1, perfect calibration, zero
+# One chart style for every figure: font, margins, background, legend and hover.
+CHART_STYLE: dict[str, object] = {
+    "template": "plotly_white",
+    "font": {"family": "Source Sans Pro, sans-serif", "size": 13},
+    "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+    "legend": {"orientation": "h"},
+    "hoverlabel": {"namelength": -1},
+}
+
+
+def styled(fig: go.Figure, **layout: object) -> go.Figure:
+    """Apply the shared chart style, then the figure's own layout (which wins)."""
+    fig.update_layout(**CHART_STYLE)
+    fig.update_layout(**layout)
+    return fig
+
+
+def status_color(status: object) -> str:
+    """The palette colour of a status; anything unknown is drawn as no data."""
+    return STATUS_COLORS.get(str(status), NO_DATA_COLOR)
 
 
 def _cell_text(row: pd.Series) -> str:
@@ -34,7 +56,7 @@ def status_grid_figure(grid: pd.DataFrame, *, title: str = "") -> go.Figure:
     """Models (rows) × sites (columns) coloured by status, with the value and CI in each cell."""
     fig = go.Figure()
     if grid.empty:
-        fig.update_layout(title=title)
+        styled(fig, title=title)
         return fig
     models = sorted(grid["model"].unique())
     sites = sorted(grid["site"].unique())
@@ -65,7 +87,8 @@ def status_grid_figure(grid: pd.DataFrame, *, title: str = "") -> go.Figure:
             hovertemplate="%{y} at %{x}<br>%{text}<extra></extra>",
         )
     )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=120 + 90 * len(models),
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
@@ -90,8 +113,8 @@ def metric_over_time_figure(
                 error_y=None,
             )
         )
-    fig.add_hline(y=reference, line_dash="dot", line_color="#616161")
-    fig.update_layout(title=title, height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.add_hline(y=reference, line_dash="dot", line_color=REFERENCE_COLOR)
+    styled(fig, title=title, height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 
@@ -133,7 +156,8 @@ def canary_distribution_figure(
                 line={"color": ARM_COLORS[arm], "shape": "hvh"},
             )
         )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=320,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -174,8 +198,9 @@ def canary_verdict_figure(
     fig.add_hline(y=pass_threshold, line_dash="dot", line_color=STATUS_COLORS["ok"])
     fig.add_hline(y=marginal_threshold, line_dash="dot", line_color=STATUS_COLORS["breach"])
     if planned_end is not None:
-        fig.add_vline(x=planned_end, line_dash="dash", line_color="#616161")
-    fig.update_layout(
+        fig.add_vline(x=planned_end, line_dash="dash", line_color=REFERENCE_COLOR)
+    styled(
+        fig,
         height=300,
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
         yaxis={"range": [-5, 105], "title": "score"},
@@ -204,7 +229,8 @@ def burn_rate_figure(
             annotation_text=label,
             annotation_position="top left",
         )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=340,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -221,7 +247,8 @@ def budget_figure(series: pd.DataFrame, *, title: str) -> go.Figure:
             go.Scatter(x=part["window_end"], y=part["budget_remaining"], mode="lines", name=site)
         )
     fig.add_hline(y=0.0, line_color=STATUS_COLORS["breach"], line_dash="dot")
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=300,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -237,7 +264,8 @@ def feed_lag_figure(history: pd.DataFrame, *, title: str) -> go.Figure:
         fig.add_trace(
             go.Scatter(x=part["received_at"], y=part["event_lag_min"], mode="lines", name=str(feed))
         )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=320,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -263,7 +291,7 @@ def alert_rate_figure(series: pd.DataFrame, *, title: str, per: str) -> go.Figur
                     "arrayminus": (part["value"] - part["ci_low"]).clip(lower=0),
                     "thickness": 1,
                 },
-                marker={"color": [STATUS_COLORS.get(s, "#9e9e9e") for s in part["status"]]},
+                marker={"color": [status_color(s) for s in part["status"]]},
             )
         )
         if "upper_rate" in part:
@@ -276,7 +304,8 @@ def alert_rate_figure(series: pd.DataFrame, *, title: str, per: str) -> go.Figur
                     name=f"{site} upper limit",
                 )
             )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=360,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -292,7 +321,7 @@ def funnel_figure(points: pd.DataFrame, curves: pd.DataFrame, *, title: str) -> 
     lower_99.8, upper_99.8, centre.
     """
     fig = go.Figure()
-    styles = {"95": ("dash", "#f9a825"), "99.8": ("solid", "#c62828")}
+    styles = {"95": ("dash", STATUS_COLORS["warn"]), "99.8": ("solid", STATUS_COLORS["breach"])}
     for tag, (dash, color) in styles.items():
         for side in ("lower", "upper"):
             fig.add_trace(
@@ -307,7 +336,9 @@ def funnel_figure(points: pd.DataFrame, curves: pd.DataFrame, *, title: str) -> 
                 )
             )
     if not curves.empty:
-        fig.add_hline(y=float(curves["centre"].iloc[0]), line_color="#616161", line_dash="dot")
+        fig.add_hline(
+            y=float(curves["centre"].iloc[0]), line_color=REFERENCE_COLOR, line_dash="dot"
+        )
     fig.add_trace(
         go.Scatter(
             x=points["expected"],
@@ -317,13 +348,14 @@ def funnel_figure(points: pd.DataFrame, curves: pd.DataFrame, *, title: str) -> 
             textposition="top center",
             marker={
                 "size": 12,
-                "color": [STATUS_COLORS.get(s, "#9e9e9e") for s in points["status"]],
+                "color": [status_color(s) for s in points["status"]],
             },
             name="sites",
             hovertemplate="%{text}: O:E %{y:.2f} at %{x:.1f} expected events<extra></extra>",
         )
     )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=420,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -335,7 +367,8 @@ def funnel_figure(points: pd.DataFrame, curves: pd.DataFrame, *, title: str) -> 
 
 # ---------------------------------------------------------------- clinical-quality monitors
 
-SITE_COLORS = ["#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037"]
+# Site lines avoid the status colours, so a line never reads as a status.
+SITE_COLORS = ["#1565c0", "#00838f", "#6a1b9a", "#5d4037", "#ad1457", "#283593", "#546e7a"]
 
 
 def _site_color(sites: list[str], site: str) -> str:
@@ -380,12 +413,13 @@ def reliability_figure(curves: dict[str, dict[str, list[float]]], *, title: str 
             x=[0, top],
             y=[0, top],
             mode="lines",
-            line={"dash": "dot", "color": "#616161"},
+            line={"dash": "dot", "color": REFERENCE_COLOR},
             name="perfect calibration",
             hoverinfo="skip",
         )
     )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         height=420,
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
@@ -402,7 +436,7 @@ def metric_band_figure(
     """One line per site with its CI as a shaded band; markers coloured by status."""
     fig = go.Figure()
     if series.empty:
-        fig.update_layout(title=title, height=340)
+        styled(fig, title=title, height=340)
         return fig
     sites = sorted(series["site"].unique())
     for site, part in series.sort_values("window_end").groupby("site", sort=True):
@@ -432,7 +466,7 @@ def metric_band_figure(
                 name=str(site),
                 line={"color": color},
                 marker={
-                    "color": [STATUS_COLORS.get(str(s), "#9e9e9e") for s in valued["status"]],
+                    "color": [status_color(s) for s in valued["status"]],
                     "size": 6,
                 },
                 text=[STATUS_LABELS.get(str(s), str(s)) for s in valued["status"]],
@@ -440,8 +474,9 @@ def metric_band_figure(
             )
         )
     if reference is not None:
-        fig.add_hline(y=reference, line_dash="dot", line_color="#616161")
-    fig.update_layout(
+        fig.add_hline(y=reference, line_dash="dot", line_color=REFERENCE_COLOR)
+    styled(
+        fig,
         title=title,
         height=340,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -460,7 +495,7 @@ def cusum_figure(series: pd.DataFrame, *, title: str = "") -> go.Figure:
     """
     fig = go.Figure()
     if series.empty:
-        fig.update_layout(title=title, height=380)
+        styled(fig, title=title, height=380)
         return fig
     sites = sorted(series["site"].unique())
     marked: set[tuple[str, str]] = set()
@@ -513,8 +548,9 @@ def cusum_figure(series: pd.DataFrame, *, title: str = "") -> go.Figure:
                     annotation_text=f"{site}: change began {pd.Timestamp(change):%d %b %H:00}",
                     annotation_position="top left",
                 )
-    fig.add_hline(y=0, line_color="#616161", line_width=1)
-    fig.update_layout(
+    fig.add_hline(y=0, line_color=REFERENCE_COLOR, line_width=1)
+    styled(
+        fig,
         title=title,
         height=400,
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
@@ -531,11 +567,11 @@ def drift_heatmap_figure(points: pd.DataFrame, *, title: str = "") -> go.Figure:
     """
     fig = go.Figure()
     if points.empty:
-        fig.update_layout(title=title)
+        styled(fig, title=title)
         return fig
     grid = points.rename(columns={"feature": "model"})
     fig = status_grid_figure(grid, title=title)
-    fig.update_layout(height=140 + 45 * grid["model"].nunique())
+    styled(fig, height=140 + 45 * grid["model"].nunique())
     return fig
 
 
@@ -545,7 +581,7 @@ def histogram_compare_figure(
     """Share per bin of the reference window beside the current window (bars)."""
     fig = go.Figure()
     for column, color, name in (
-        ("reference", "#9e9e9e", "reference"),
+        ("reference", NO_DATA_COLOR, "reference"),
         ("current", "#1565c0", "current"),
     ):
         total = float(frame[column].sum()) if not frame.empty else 0.0
@@ -559,7 +595,8 @@ def histogram_compare_figure(
                 marker_color=color,
             )
         )
-    fig.update_layout(
+    styled(
+        fig,
         title=title,
         barmode="group",
         height=320,

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links
 from monitors.alert_burden import AlertBurdenConfig, by_unit_and_shift
 from monitors.config import MonitorConfig
 
@@ -22,7 +22,9 @@ st.caption(
 
 try:
     models = data.registry_overview()["models"]
-    model = st.selectbox("Model", models["name"].tolist() if not models.empty else [])
+    model = links.pick(
+        "Model", models["name"].tolist() if not models.empty else [], param=links.MODEL
+    )
     points = data.latest_points(MONITORS, model) if model else pd.DataFrame()
     sites = data.site_directory()
 except DBAPIError:
@@ -72,7 +74,7 @@ st.dataframe(
 )
 
 st.subheader("Over time")
-days = st.slider("Days", 2, 60, 14)
+days = links.days(low=2, high=60, default=14)
 series = data.points_since(MONITORS, model, float(days))
 if not series.empty:
     # The upper control limit is a count over the window; as a rate, per 100 of exposure.
@@ -91,12 +93,12 @@ if not series.empty:
     )
 
 st.subheader("Per unit and shift")
-site = st.selectbox("Site", sorted(points["site"].unique()))
+site = links.pick("Site", sorted(points["site"].unique()), param=links.SITE)
 cfg = MonitorConfig.from_file().for_monitor(
     "alert_burden", AlertBurdenConfig, model=model, site=site
 )
 zones = dict(zip(sites["code"], sites["timezone"], strict=True)) if not sites.empty else {}
-interval = models.set_index("name").loc[model, "scoring_interval_minutes"]
+interval = models.loc[models["name"] == model, "scoring_interval_minutes"].iloc[0]
 hours = data.alert_hours(model, site, 7.0)
 shifts = by_unit_and_shift(
     hours,

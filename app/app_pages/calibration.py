@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links, ui
 
 METRICS = [
     ("label_completeness", "labels settled", "{:.0%}"),
@@ -46,7 +46,9 @@ st.caption(
 
 try:
     models = data.registry_overview()["models"]
-    model = st.selectbox("Model", models["name"].tolist() if not models.empty else [])
+    model = links.pick(
+        "Model", models["name"].tolist() if not models.empty else [], param=links.MODEL
+    )
     latest = data.clinical_latest("calibration", model) if model else pd.DataFrame()
     oe_latest = data.clinical_latest("observed_expected", model) if model else pd.DataFrame()
     drift_latest = data.clinical_latest("calibration_drift", model) if model else pd.DataFrame()
@@ -57,14 +59,22 @@ except DBAPIError:
 if latest.empty:
     st.info(
         "No calibration results for this model yet: they appear once predictions are "
-        "collected and their labels settle (the scheduler runs every 5 minutes)."
+        "collected and their labels settle (the scheduler runs every 5 minutes). "
+        + ui.LABELS_PENDING,
+        icon=":material/hourglass_empty:",
     )
     st.stop()
 
 all_sites = sorted(latest["site"].unique())
 sites = st.multiselect("Sites", all_sites, default=all_sites)
 if not sites:
+    st.info("Choose at least one site to compare.")
     st.stop()
+if not oe_latest.empty:
+    ui.small_sample_caution(
+        oe_latest[oe_latest["site"].isin(sites)].drop_duplicates("site"),
+        what="predictions with settled labels",
+    )
 
 # Needs attention: anything in breach, in words.
 for frame, name in ((oe_latest, "O:E"), (latest, "calibration"), (drift_latest, "CUSUM")):

@@ -13,9 +13,9 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, session
 from incidents import promotion
-from incidents.auth import Action, Actor, PermissionDenied, Role, can
+from incidents.auth import Action, PermissionDenied, can
 from monitors.canary import CanaryConfig
 from store.models import LATENCY_BIN_EDGES, SCORE_BIN_EDGES
 from vigil.config import get_settings
@@ -25,29 +25,6 @@ params = st.query_params
 ACTIONS = {"promote": ":green-badge[PROMOTE]", "hold": ":orange-badge[HOLD]"}
 ACTIONS["rollback"] = ":red-badge[ROLL BACK]"
 MET = {True: "✅ met", False: "❌ not met", None: "⏳ not yet known"}
-
-
-def _actor() -> Actor | None:
-    with st.sidebar:
-        st.subheader("Acting as")
-        if not settings.demo_mode:
-            st.info("Sign-in is not available yet: promote and roll back are read-only here.")
-            return None
-        st.warning(
-            "DEMO MODE — no sign-in: pick any name and role. Promote and roll back still "
-            "check the role themselves and refuse what it may not do.",
-            icon=":material/theater_comedy:",
-        )
-        name = st.text_input("Name", value="Demo Clinical Lead", key="canary_actor_name")
-        roles = [r.value for r in Role]
-        role = st.selectbox(
-            "Role", roles, index=roles.index(Role.CLINICAL_LEAD.value), key="canary_actor_role"
-        )
-        try:
-            return Actor(name, Role(role))
-        except ValueError as exc:
-            st.error(str(exc))
-            return None
 
 
 def _run(call: Any) -> None:
@@ -108,7 +85,7 @@ def _highlight(row: pd.Series) -> list[str]:
 
 
 st.title("Canary versus control")
-actor = _actor()
+actor = session.current_actor()
 if "canary_flash" in st.session_state:
     st.success(st.session_state.pop("canary_flash"))
 
@@ -141,6 +118,7 @@ for i, r in enumerate(overview.to_dict("records")):
 choice = st.selectbox("Canary", labels, index=default, key="canary_choice")
 row = overview.iloc[labels.index(str(choice))].to_dict()
 model, site, version = str(row["model"]), str(row["site"]), str(row["version"])
+st.query_params.update({"model": model, "site": site, "version": version})
 control_version = str(row["control_version"])
 config = CanaryConfig.from_file()
 
@@ -312,25 +290,35 @@ if not stages.empty:
     st.dataframe(stages, hide_index=True, key="canary_stage_history")
 
 st.subheader("Act")
+may_promote = can(actor, Action.PROMOTE_VERSION)
+may_roll_back = can(actor, Action.ROLLBACK)
+promote_clicked = rollback_clicked = confirm = False
+promote_reason = rollback_reason = ""
+if not (may_promote or may_roll_back):
+    role = actor.role.value if actor else "none"
+    st.caption(
+        f"Your role ({role}) may not promote or roll back: clinical leads and admins promote, "
+        "incident responders and admins roll back."
+    )
 left, right = st.columns(2)
-with left, st.form("canary_promote"):
-    st.markdown(f"**Promote** {version} to its next stage (clinical lead, admin)")
-    promote_reason = st.text_input("Reason", key="promote_reason")
-    if not can(actor, Action.PROMOTE_VERSION):
-        st.caption("Your role may not promote; the action will refuse it.")
-    promote_clicked = st.form_submit_button("Promote", key="promote_submit")
-with right, st.form("canary_rollback"):
-    st.markdown(
-        f"**Roll back** {version} at {site}: the kill switch turns the canary version off "
-        f"there, and {control_version} keeps serving (incident responder, admin)"
-    )
-    rollback_reason = st.text_input("Reason", key="rollback_reason")
-    confirm = st.checkbox(
-        "I understand the canary version stops scoring at this site", key="rollback_confirm"
-    )
-    rollback_clicked = st.form_submit_button("Roll back", key="rollback_submit")
+if may_promote:
+    with left, st.form("canary_promote"):
+        st.markdown(f"**Promote** {version} to its next stage (clinical lead, admin)")
+        promote_reason = st.text_input("Reason", key="promote_reason")
+        promote_clicked = st.form_submit_button("Promote", key="promote_submit")
+if may_roll_back:
+    with right, st.form("canary_rollback"):
+        st.markdown(
+            f"**Roll back** {version} at {site}: the kill switch turns the canary version off "
+            f"there, and {control_version} keeps serving (incident responder, admin)"
+        )
+        rollback_reason = st.text_input("Reason", key="rollback_reason")
+        confirm = st.checkbox(
+            "I understand the canary version stops scoring at this site", key="rollback_confirm"
+        )
+        rollback_clicked = st.form_submit_button("Roll back", key="rollback_submit")
 if (promote_clicked or rollback_clicked) and actor is None:
-    st.error("Choose who is acting first (sidebar).")
+    st.error("Sign in first.")
 elif promote_clicked and actor is not None:
     _run(
         lambda: promotion.promote(

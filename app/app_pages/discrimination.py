@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links, ui
 
 METRICS = [
     ("auroc", "AUROC"),
@@ -25,20 +25,30 @@ st.caption(
 
 try:
     models = data.registry_overview()["models"]
-    model = st.selectbox("Model", models["name"].tolist() if not models.empty else [])
+    model = links.pick(
+        "Model", models["name"].tolist() if not models.empty else [], param=links.MODEL
+    )
     latest = data.clinical_latest("discrimination", model) if model else pd.DataFrame()
 except DBAPIError:
     st.error("The Vigil database is unreachable.", icon=":material/database_off:")
     st.stop()
 
 if latest.empty:
-    st.info("No discrimination results for this model yet: they need settled labels.")
+    st.info(
+        "No discrimination results for this model yet. " + ui.LABELS_PENDING,
+        icon=":material/hourglass_empty:",
+    )
     st.stop()
 
 all_sites = sorted(latest["site"].unique())
 sites = st.multiselect("Sites", all_sites, default=all_sites)
 if not sites:
+    st.info("Choose at least one site to compare.")
     st.stop()
+ui.small_sample_caution(
+    latest[latest["site"].isin(sites)].drop_duplicates("site"),
+    what="predictions with settled labels",
+)
 
 for _, row in latest[(latest["status"] == "breach") & latest["site"].isin(sites)].iterrows():
     st.error(

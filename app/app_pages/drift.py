@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links
 from store.models import SCORE_BIN_EDGES
 
 
@@ -28,7 +28,9 @@ st.caption(
 
 try:
     models = data.registry_overview()["models"]
-    model = st.selectbox("Model", models["name"].tolist() if not models.empty else [])
+    model = links.pick(
+        "Model", models["name"].tolist() if not models.empty else [], param=links.MODEL
+    )
     latest = data.clinical_latest("drift", model) if model else pd.DataFrame()
 except DBAPIError:
     st.error("The Vigil database is unreachable.", icon=":material/database_off:")
@@ -58,7 +60,7 @@ for _, row in flagged.sort_values("status").iterrows():
         icon=":material/stacked_line_chart:",
     )
 
-site = st.selectbox("Site", sorted(psi["site"].unique()))
+site = links.pick("Site", sorted(psi["site"].unique()), param=links.SITE)
 features = sorted(psi["feature"].unique(), key=lambda f: (f != "score", f))
 feature = st.selectbox("Feature", features)
 point = psi[(psi["site"] == site) & (psi["feature"] == feature)].iloc[0]

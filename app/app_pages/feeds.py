@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links
 
 st.title("Feeds")
 st.caption(
@@ -65,8 +65,8 @@ st.dataframe(
 
 st.subheader("Event-time lag over time")
 left, right = st.columns(2)
-site = left.selectbox("Site", sorted(status["site"].unique()))
-days = right.slider("Days", 1, 14, 2)
+site = links.pick("Site", sorted(status["site"].unique()), param=links.SITE, where=left)
+days = links.days(low=1, high=14, default=2, where=right)
 history = data.feed_history(site, float(days))
 if history.empty:
     st.caption("No heartbeats in that period.")

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
-from vigil.config import get_settings
+from app import charts, data, ui
 
 OE = ("observed_expected", "oe_ratio")
-
-
-def _age(moment: object) -> str:
-    if not isinstance(moment, datetime):
-        return "never"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
+SLO_MONITORS = ("latency_slo", "availability_slo")
 
 
 st.title("Vigil — what needs attention now")
@@ -33,6 +20,8 @@ try:
     volumes = data.volumes()
     quarantined = data.quarantine()
     open_alerts = data.incident_alerts()
+    slo_points = data.latest_points(SLO_MONITORS)
+    feeds = data.feed_status()
 except DBAPIError as exc:
     st.error(
         "The Vigil database is unreachable, so nothing below is current. "
@@ -41,28 +30,37 @@ except DBAPIError as exc:
     )
     st.stop()
 
-late_after = get_settings().heartbeat_late_seconds
-if beat is None:
-    st.warning(
-        "The scheduler has never run: no monitors have been computed yet.",
-        icon=":material/schedule:",
-    )
-else:
+if beat is not None:
     beat_at = beat["beat_at"]
-    late = not isinstance(beat_at, datetime) or (
-        (datetime.now(UTC) - beat_at).total_seconds() > late_after
-    )
-    if late:
-        st.warning(
-            f"The scheduler's heartbeat is late (last beat {_age(beat_at)}): "
-            "the figures below may be stale.",
-            icon=":material/heart_broken:",
-        )
     cols = st.columns(3)
-    cols[0].metric("Scheduler heartbeat", _age(beat_at))
-    cols[1].metric("Last monitor run", _age(beat.get("last_monitor_run_at")))
+    cols[0].metric("Scheduler heartbeat", ui.age(beat_at))
+    cols[1].metric("Last monitor run", ui.age(beat.get("last_monitor_run_at")))
     cols[2].metric(
         "Predictions stored", f"{int(volumes['predictions'].sum()) if not volumes.empty else 0:,}"
+    )
+
+st.subheader("Right now")
+breaching = slo_points[slo_points["status"] == "breach"] if not slo_points.empty else slo_points
+stale = feeds[feeds["status"] == "breach"] if not feeds.empty else feeds
+left, middle, right = st.columns(3)
+with left:
+    st.markdown(
+        f"**{len(breaching)} SLO(s) burning their budget**"
+        + (": " + ", ".join(sorted(f"{r.metric} at {r.site}" for r in breaching.itertuples()))
+           if not breaching.empty else "")
+    )  # fmt: skip
+    st.page_link("app_pages/live.py", label="Live SLA (on-call)", icon=":material/monitor_heart:")
+with middle:
+    st.markdown(
+        f"**{len(stale)} feed(s) past their error tier**"
+        + (": " + ", ".join(sorted({f"{r.feed} at {r.site}" for r in stale.itertuples()}))
+           if not stale.empty else "")
+    )  # fmt: skip
+    st.page_link("app_pages/feeds.py", label="Feeds", icon=":material/sync_problem:")
+with right:
+    st.markdown("**Is the model as good at my site?**")
+    st.page_link(
+        "app_pages/sites.py", label="Sites (clinical lead)", icon=":material/scatter_plot:"
     )
 
 st.subheader("Open alerts")
@@ -87,10 +85,12 @@ st.subheader("Calibration: observed ÷ expected outcomes, latest settled window"
 if grid.empty:
     st.info(
         "No monitor results yet. Once predictions are collected and their labels settle, "
-        "the scheduler fills this grid (every 5 minutes)."
+        "the scheduler fills this grid (every 5 minutes). " + ui.LABELS_PENDING,
+        icon=":material/hourglass_empty:",
     )
 else:
     st.plotly_chart(charts.status_grid_figure(grid), width="stretch", key="status_grid")
+    ui.small_sample_caution(grid, what="predictions with settled labels")
     needs = grid[grid["status"].isin(["breach", "warn"])]
     if needs.empty:
         st.success(

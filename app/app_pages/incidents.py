@@ -13,9 +13,9 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import data
+from app import data, session
 from incidents import actions, paging
-from incidents.auth import Action, Actor, PermissionDenied, Role, can
+from incidents.auth import Action, PermissionDenied, can
 from incidents.runbooks import RunbookError, load_runbook, render_markdown
 from vigil.config import get_settings
 
@@ -24,31 +24,6 @@ params = st.query_params
 ALL_SITES = "All sites"
 ANY_VERSION = "Every version"
 NO_INCIDENT = "— new incident —"
-
-
-def _actor() -> Actor | None:
-    with st.sidebar:
-        st.subheader("Acting as")
-        if not settings.demo_mode:
-            st.info("Sign-in is not available yet: the incident console is read-only.")
-            return None
-        st.warning(
-            "DEMO MODE — no sign-in: pick any name and role. The actions still check the "
-            "role themselves and refuse what it may not do.",
-            icon=":material/theater_comedy:",
-        )
-        name = st.text_input("Name", value="Demo Responder", key="actor_name")
-        role = st.selectbox(
-            "Role",
-            [r.value for r in Role],
-            index=[r.value for r in Role].index(Role.INCIDENT_RESPONDER.value),
-            key="actor_role",
-        )
-        try:
-            return Actor(name, Role(role))
-        except ValueError as exc:
-            st.error(str(exc))
-            return None
 
 
 def _run(call: Any, success: str | None = None) -> None:
@@ -89,7 +64,7 @@ def _runbook(slug: str, *, expanded: bool = False) -> None:
 
 
 st.title("Incidents")
-actor = _actor()
+actor = session.current_actor()
 if "incident_flash" in st.session_state:
     changed, message = st.session_state.pop("incident_flash")
     (st.success if changed else st.info)(message)
@@ -150,28 +125,29 @@ for alert in shown.to_dict("records"):
             f"runbook `{alert['runbook']}`"
         )
         _runbook(str(alert["runbook"]), expanded=str(alert_id) == focus_alert)
-        with st.form(f"act_{alert_id}", border=False):
-            left, right = st.columns([1, 2])
-            choice = left.radio(
-                "Action",
-                ["Acknowledge", "Escalate", "Page now", "Resolve"],
-                key=f"act_choice_{alert_id}",
-                horizontal=False,
-            )
-            note = right.text_input(
-                "Note (required to escalate, page or resolve)", key=f"act_note_{alert_id}"
-            )
-            submitted = st.form_submit_button("Apply", key=f"act_submit_{alert_id}")
-        if submitted and actor is None:
-            st.error("Choose who is acting first (sidebar).")
-        elif submitted and actor is not None:
-            alert_action = {
-                "Acknowledge": actions.acknowledge_alert,
-                "Escalate": actions.escalate_alert,
-                "Page now": actions.page_now,
-                "Resolve": actions.resolve_alert,
-            }[str(choice)]
-            _run(partial(alert_action, data.engine(), actor, alert_id=alert_id, note=note))
+        if can(actor, Action.ACKNOWLEDGE_ALERT):
+            with st.form(f"act_{alert_id}", border=False):
+                left, right = st.columns([1, 2])
+                choice = left.radio(
+                    "Action",
+                    ["Acknowledge", "Escalate", "Page now", "Resolve"],
+                    key=f"act_choice_{alert_id}",
+                    horizontal=False,
+                )
+                note = right.text_input(
+                    "Note (required to escalate, page or resolve)", key=f"act_note_{alert_id}"
+                )
+                submitted = st.form_submit_button("Apply", key=f"act_submit_{alert_id}")
+            if submitted and actor is None:
+                st.error("Sign in first.")
+            elif submitted and actor is not None:
+                alert_action = {
+                    "Acknowledge": actions.acknowledge_alert,
+                    "Escalate": actions.escalate_alert,
+                    "Page now": actions.page_now,
+                    "Resolve": actions.resolve_alert,
+                }[str(choice)]
+                _run(partial(alert_action, data.engine(), actor, alert_id=alert_id, note=note))
 
 # ---------------------------------------------------------------- kill switch
 
@@ -191,63 +167,65 @@ st.dataframe(
 models = sorted(statuses["model"].unique()) if not statuses.empty else []
 sites = sorted(statuses["site"].unique()) if not statuses.empty else []
 st.subheader("Disable score")
-if not can(actor, Action.DISABLE_SCORE):
-    st.caption(
-        "Only incident responders and admins can switch a score off; the button below "
-        "refuses other roles."
-    )
-with st.form("disable_score"):
-    c1, c2, c3 = st.columns(3)
-    model = c1.selectbox(
-        "Model",
-        models,
-        index=models.index(focus_model) if focus_model in models else 0,
-        key="disable_model",
-    )
-    site_options = [*sites, ALL_SITES]
-    site = c2.selectbox(
-        "Site",
-        site_options,
-        index=site_options.index(focus_site) if focus_site in site_options else 0,
-        key="disable_site",
-    )
-    versions = sorted(statuses.loc[statuses["model"] == model, "version"].unique())
-    version = c3.selectbox("Version", [ANY_VERSION, *versions], key="disable_version")
-    reason = st.text_area(
-        "Reason (consumers and clinicians read it; no patient identifiers)", key="disable_reason"
-    )
-    i1, i2 = st.columns(2)
-    incident_choices = [NO_INCIDENT] + [
-        f"#{row['id']} {row['title']}" for row in incidents.to_dict("records")
-    ]
-    existing = i1.selectbox("Existing incident", incident_choices, key="disable_incident")
-    new_title = i2.text_input("…or a new incident title", key="disable_incident_title")
-    confirm = st.checkbox(
-        "I understand clinicians will stop seeing this score", key="disable_confirm"
-    )
-    disable_clicked = st.form_submit_button(
-        "Disable score", type="primary", icon=":material/block:", key="disable_submit"
-    )
-if disable_clicked:
-    if actor is None:
-        st.error("Choose who is acting first (sidebar).")
-    elif not confirm:
-        st.warning("Tick the confirmation to disable the score.")
-    else:
-        engine = data.engine()
-        incident_id = int(existing.split()[0][1:]) if existing != NO_INCIDENT else None
-        _run(
-            lambda: actions.disable_score(
-                engine,
-                actor,
-                model=str(model),
-                site=None if site == ALL_SITES else str(site),
-                version=None if version == ANY_VERSION else str(version),
-                reason=reason,
-                incident_id=incident_id,
-                incident_title=new_title if incident_id is None else None,
-            )
+if can(actor, Action.DISABLE_SCORE):
+    with st.form("disable_score"):
+        c1, c2, c3 = st.columns(3)
+        model = c1.selectbox(
+            "Model",
+            models,
+            index=models.index(focus_model) if focus_model in models else 0,
+            key="disable_model",
         )
+        site_options = [*sites, ALL_SITES]
+        site = c2.selectbox(
+            "Site",
+            site_options,
+            index=site_options.index(focus_site) if focus_site in site_options else 0,
+            key="disable_site",
+        )
+        versions = sorted(statuses.loc[statuses["model"] == model, "version"].unique())
+        version = c3.selectbox("Version", [ANY_VERSION, *versions], key="disable_version")
+        reason = st.text_area(
+            "Reason (consumers and clinicians read it; no patient identifiers)",
+            key="disable_reason",
+        )
+        i1, i2 = st.columns(2)
+        incident_choices = [NO_INCIDENT] + [
+            f"#{row['id']} {row['title']}" for row in incidents.to_dict("records")
+        ]
+        existing = i1.selectbox("Existing incident", incident_choices, key="disable_incident")
+        new_title = i2.text_input("…or a new incident title", key="disable_incident_title")
+        confirm = st.checkbox(
+            "I understand clinicians will stop seeing this score", key="disable_confirm"
+        )
+        disable_clicked = st.form_submit_button(
+            "Disable score", type="primary", icon=":material/block:", key="disable_submit"
+        )
+    if disable_clicked:
+        if actor is None:
+            st.error("Sign in first.")
+        elif not confirm:
+            st.warning("Tick the confirmation to disable the score.")
+        else:
+            engine = data.engine()
+            incident_id = int(existing.split()[0][1:]) if existing != NO_INCIDENT else None
+            _run(
+                lambda: actions.disable_score(
+                    engine,
+                    actor,
+                    model=str(model),
+                    site=None if site == ALL_SITES else str(site),
+                    version=None if version == ANY_VERSION else str(version),
+                    reason=reason,
+                    incident_id=incident_id,
+                    incident_title=new_title if incident_id is None else None,
+                )
+            )
+else:
+    st.caption(
+        f"Your role ({actor.role.value if actor else 'none'}) may not switch a score off: "
+        "incident responders and admins can."
+    )
 
 st.subheader("Re-enable")
 if disabled.empty:
@@ -261,36 +239,39 @@ for switch in disabled.to_dict("records"):
         + f" — off since {pd.Timestamp(switch['changed_at']):%Y-%m-%d %H:%M} UTC by "
         + f"{switch['actor']}: {switch['reason']} (incident #{switch['incident_id']})"
     )
-    with st.form(f"enable_{switch['id']}"):
-        st.markdown(label)
-        enable_reason = st.text_input(
-            "Reason it is safe again", key=f"enable_reason_{switch['id']}"
-        )
-        enable_confirm = st.checkbox(
-            "I understand clinicians will see this score again",
-            key=f"enable_confirm_{switch['id']}",
-        )
-        enable_clicked = st.form_submit_button(
-            "Re-enable score", key=f"enable_submit_{switch['id']}"
-        )
-    if enable_clicked:
-        if actor is None:
-            st.error("Choose who is acting first (sidebar).")
-        elif not enable_confirm:
-            st.warning("Tick the confirmation to re-enable the score.")
-        else:
-            _run(
-                partial(
-                    actions.enable_score,
-                    data.engine(),
-                    actor,
-                    model=str(switch["model"]),
-                    site=scope_site,
-                    version=scope_version,
-                    reason=enable_reason,
-                    incident_id=int(switch["incident_id"]),
-                )
+    if can(actor, Action.ENABLE_SCORE):
+        with st.form(f"enable_{switch['id']}"):
+            st.markdown(label)
+            enable_reason = st.text_input(
+                "Reason it is safe again", key=f"enable_reason_{switch['id']}"
             )
+            enable_confirm = st.checkbox(
+                "I understand clinicians will see this score again",
+                key=f"enable_confirm_{switch['id']}",
+            )
+            enable_clicked = st.form_submit_button(
+                "Re-enable score", key=f"enable_submit_{switch['id']}"
+            )
+        if enable_clicked:
+            if actor is None:
+                st.error("Sign in first.")
+            elif not enable_confirm:
+                st.warning("Tick the confirmation to re-enable the score.")
+            else:
+                _run(
+                    partial(
+                        actions.enable_score,
+                        data.engine(),
+                        actor,
+                        model=str(switch["model"]),
+                        site=scope_site,
+                        version=scope_version,
+                        reason=enable_reason,
+                        incident_id=int(switch["incident_id"]),
+                    )
+                )
+    else:
+        st.markdown(label)
 
 # ---------------------------------------------------------------- paging
 
@@ -305,7 +286,7 @@ if undeliverable.empty:
 else:
     st.dataframe(undeliverable, hide_index=True, width="stretch", key="undeliverable")
     failed = undeliverable[undeliverable["status"] == "failed"]
-    if not failed.empty:
+    if not failed.empty and can(actor, Action.RETRY_PAGE):
         with st.form("retry_pages"):
             chosen = st.selectbox(
                 "Undeliverable page",

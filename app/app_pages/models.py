@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import data
+from app import data, links
 from reports.model_cards import REQUIRED_ATTRIBUTES, load_card
 
 st.title("Models")
@@ -23,9 +23,7 @@ if models.empty:
     st.stop()
 
 names = list(models["name"])
-chosen = st.query_params.get("model", names[0])
-model = st.selectbox("Model", names, index=names.index(chosen) if chosen in names else 0)
-st.query_params["model"] = model
+model = str(links.pick("Model", names, param=links.MODEL))
 info = models[models["name"] == model].iloc[0]
 st.caption(
     f"{info['title']} · outcome `{info['outcome']}` within {info['horizon_hours']:g} h of "

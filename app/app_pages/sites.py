@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links, ui
 from monitors.registry import default_registry
 from monitors.sites import FUNNEL_LEVELS, funnel_limit
 
@@ -21,7 +21,9 @@ st.caption(
 
 try:
     models = data.registry_overview()["models"]
-    model = st.selectbox("Model", models["name"].tolist() if not models.empty else [])
+    model = links.pick(
+        "Model", models["name"].tolist() if not models.empty else [], param=links.MODEL
+    )
     points = data.latest_points(("site_comparison",), model) if model else pd.DataFrame()
     everything = (
         data.latest_points(tuple(default_registry().names()), model) if model else pd.DataFrame()
@@ -61,6 +63,7 @@ for _, row in per_site[per_site["status"] == "breach"].iterrows():
         f"{(row['detail'] or {}).get('summary', row['site'])}. Runbook: `site-outlier`.",
         icon=":material/scatter_plot:",
     )
+ui.small_sample_caution(per_site, what="predictions with settled labels")
 overall = points[points["metric"] == "heterogeneity"]
 if not overall.empty:
     st.markdown(f"**Heterogeneity:** {(overall.iloc[0]['detail'] or {}).get('summary', '')}")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data
+from app import charts, data, links
 
 MONITORS = ("latency_slo", "availability_slo")
 WINDOWS = ["5m", "30m", "1h", "6h", "3d"]
@@ -21,7 +21,9 @@ st.caption(
 
 try:
     models = data.registry_overview()["models"]
-    model = st.selectbox("Model", models["name"].tolist() if not models.empty else [])
+    model = links.pick(
+        "Model", models["name"].tolist() if not models.empty else [], param=links.MODEL
+    )
     points = data.latest_points(MONITORS, model) if model else pd.DataFrame()
 except DBAPIError:
     st.error("The Vigil database is unreachable.", icon=":material/database_off:")
@@ -84,7 +86,7 @@ if not exhausted.empty:
 
 st.subheader("Burn rate over time")
 slo = st.selectbox("SLO", sorted(table["SLO"].unique()))
-days = st.slider("Days", 1, 30, 7)
+days = links.days(low=1, high=30, default=7)
 series = data.points_since(MONITORS, model, float(days))
 series = series[(series["metric"] == slo) & (series["site"] != "all")].copy()
 if series.empty:

@@ -8,11 +8,37 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from streamlit.testing.v1 import AppTest
 
+from app.session import ACTOR_KEY
+from incidents.auth import Actor, Role
 from tests.factories import iso, prediction
 from vigil.config import get_settings
 
 ENTRYPOINT = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+DEMO_NAMES = {
+    Role.VIEWER: "Vera Viewer",
+    Role.CLINICAL_LEAD: "Cleo Clinical Lead",
+    Role.ONCALL: "Omar On-call",
+    Role.INCIDENT_RESPONDER: "Riley Responder",
+    Role.ADMIN: "Ada Admin",
+}
+
+
+def sign_in(at: AppTest, role: Role | str = Role.INCIDENT_RESPONDER) -> AppTest:
+    """Act as a signed-in demo user of `role` from the next run on (the sign-in form itself is
+    tested in test_session.py)."""
+    role = Role(role)
+    at.session_state[ACTOR_KEY] = Actor(DEMO_NAMES[role], role)
+    return at
+
+
+def app_test(
+    *, role: Role | str | None = Role.INCIDENT_RESPONDER, default_timeout: float = 30
+) -> AppTest:
+    """The dashboard from its real entrypoint, signed in as `role` (None: nobody yet)."""
+    at = AppTest.from_file(ENTRYPOINT, default_timeout=default_timeout)
+    return sign_in(at, role) if role is not None else at
 
 
 @pytest.fixture

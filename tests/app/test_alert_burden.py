@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
 from monitors.alert_burden import run_alert_burden
 from monitors.config import MonitorConfig
 from store.rollups import refresh
-from tests.app.operational import ENTRYPOINT, app_env, now_minute
+from tests.app.operational import app_env, app_test, now_minute
 from tests.factories import prediction, write_jsonl
 
 __all__ = ["app_env"]
@@ -44,7 +43,7 @@ def test_alert_burden_page_shows_the_spike_and_the_shifts(
                        secret="s"))  # fmt: skip
     refresh(engine, now=now)
     run_alert_burden(engine, MonitorConfig.from_file(), now)
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    at = app_test(default_timeout=30)
     at.switch_page("app_pages/alert_burden.py").run()
     assert not at.exception
     assert at.title[0].value == "Alert burden"

@@ -15,13 +15,16 @@ from sqlalchemy.engine import Engine
 from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
+from incidents import promotion
 from incidents.audit import verify_chain
+from incidents.auth import Actor, PermissionDenied, Role
 from incidents.killswitch import score_status
 from monitors.canary import CanaryConfig
 from monitors.canary_runner import run_canary
 from monitors.config import MonitorConfig
 from store.models import AuditEvent, table_of
 from store.rollups import refresh
+from tests.app.operational import app_test
 from tests.conftest import REPO
 from tests.factories import encounter, outcome, prediction, write_jsonl
 from vigil.config import get_settings
@@ -92,8 +95,8 @@ def _seed(engine: Engine, tmp_path: Path) -> datetime:
     return now
 
 
-def open_page() -> AppTest:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=60)
+def open_page(role: Role = Role.CLINICAL_LEAD) -> AppTest:
+    at = app_test(role=role, default_timeout=60)
     at.switch_page(PAGE)
     return at.run()
 
@@ -143,22 +146,30 @@ def test_promote_and_roll_back_from_the_page_check_the_role(
     at = open_page()
     before = _audit_actions(engine)
 
-    at.sidebar.selectbox(key="canary_actor_role").set_value("viewer")
+    # A viewer sees neither action; the functions refuse a viewer anyway.
+    at = open_page(role=Role.VIEWER)
+    keys = {b.key for b in at.get("button")}
+    assert not keys & {"promote_submit", "rollback_submit"}, keys
+    viewer = Actor("Vera Viewer", Role.VIEWER)
+    with pytest.raises(PermissionDenied, match="viewer"):
+        promotion.promote(engine, viewer, model="deterioration", version="2.1.0", reason="ok")
+    with pytest.raises(PermissionDenied, match="viewer"):
+        promotion.rollback(
+            engine, viewer, model="deterioration", site="UMC", version="2.1.0", reason="x"
+        )
+
+    # A clinical lead may promote (the stage's exit criteria then refuse it), not roll back.
+    at = open_page(role=Role.CLINICAL_LEAD)
+    assert "rollback_submit" not in {b.key for b in at.get("button")}
     at.text_input(key="promote_reason").input("looks fine")
     at = at.button(key="promote_submit").click().run()
-    assert any("Refused" in e.value and "viewer" in e.value for e in at.error)
-
-    at.sidebar.selectbox(key="canary_actor_role").set_value("clinical_lead")
-    at = at.button(key="promote_submit").click().run()
     assert any("may not leave canary" in e.value for e in at.error), [e.value for e in at.error]
-
-    at.text_input(key="rollback_reason").input("alert rate 3x control")
-    at.checkbox(key="rollback_confirm").check()
-    at = at.button(key="rollback_submit").click().run()
-    assert any("Refused" in e.value and "clinical_lead" in e.value for e in at.error)
     assert _audit_actions(engine) == before
 
-    at.sidebar.selectbox(key="canary_actor_role").set_value("incident_responder")
+    at = open_page(role=Role.INCIDENT_RESPONDER)
+    assert "promote_submit" not in {b.key for b in at.get("button")}
+    at.text_input(key="rollback_reason").input("alert rate 3x control")
+    at.checkbox(key="rollback_confirm").check()
     at = at.button(key="rollback_submit").click().run()
     assert not at.exception
     assert any("rolled back at UMC" in s.value for s in at.success), [e.value for e in at.error]

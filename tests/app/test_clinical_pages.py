@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from monitors.drift_runner import run_drift
 from monitors.runner import run_observed_expected
 from monitors.sequential_runner import run_calibration_drift
 from monitors.windowed import run_calibration, run_discrimination
 from store.rollups import refresh
-from tests.app.operational import ENTRYPOINT, app_env
+from tests.app.operational import app_env, app_test
 from tests.factories import T0
 from tests.monitors.clinical_world import CONFIG, DAYS, load
 
@@ -42,7 +41,7 @@ def test_clinical_pages(clinical_store: datetime) -> None:
 
 
 def calibration_page_shows_sites_side_by_side_and_the_cusum_signal() -> None:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=60)
+    at = app_test(default_timeout=60)
     at.switch_page("app_pages/calibration.py").run()
     assert not at.exception
     assert at.title[0].value == "Calibration"
@@ -61,7 +60,7 @@ def calibration_page_shows_sites_side_by_side_and_the_cusum_signal() -> None:
 
 
 def discrimination_page_shows_auroc_and_threshold_metrics_per_site() -> None:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=60)
+    at = app_test(default_timeout=60)
     at.switch_page("app_pages/discrimination.py").run()
     assert not at.exception
     table = at.dataframe[0].value
@@ -71,7 +70,7 @@ def discrimination_page_shows_auroc_and_threshold_metrics_per_site() -> None:
 
 
 def drift_page_flags_the_missing_input_and_builds_an_evidently_report() -> None:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=120)
+    at = app_test(default_timeout=120)
     at.switch_page("app_pages/drift.py").run()
     assert not at.exception
     warnings = " ".join(w.value for w in at.warning)

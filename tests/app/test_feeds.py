@@ -6,10 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
-from tests.app.operational import ENTRYPOINT, app_env, now_minute
+from tests.app.operational import app_env, app_test, now_minute
 from tests.factories import heartbeat, iso, write_jsonl
 
 __all__ = ["app_env"]
@@ -32,7 +31,7 @@ def test_feeds_page_flags_the_stuck_feed_at_its_site_only(
                               messages=0 if frozen else 30)
                 )  # fmt: skip
     list(collect_files(engine, [write_jsonl(tmp_path / "heartbeats-x.jsonl", beats)], secret="s"))
-    page = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    page = app_test(default_timeout=30)
     page.switch_page("app_pages/feeds.py").run()
     assert not page.exception
     assert page.title[0].value == "Feeds"
@@ -46,3 +45,13 @@ def test_feeds_page_flags_the_stuck_feed_at_its_site_only(
     )  # frozen 3 h ago, last beat 10 min ago
     assert set(table.loc[table["status"] != "ok", "site"]) == {"RVH"}
     assert len(page.get("plotly_chart")) == 2  # grid and the lag chart
+
+    # A deep link names the site and the time range of the lag chart; a change goes back.
+    linked = app_test(default_timeout=30)
+    linked.query_params.update({"site": "RVH", "days": "5"})
+    linked.switch_page("app_pages/feeds.py").run()
+    assert not linked.exception
+    assert linked.selectbox(key="link_site").value == "RVH"
+    assert linked.slider(key="link_days").value == 5
+    linked.slider(key="link_days").set_value(9).run()
+    assert linked.query_params["days"] == "9" and linked.query_params["site"] == "RVH"

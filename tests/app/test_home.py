@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import streamlit as st
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
 from incidents.alerts import sync_alerts
@@ -18,6 +17,7 @@ from monitors.config import MonitorConfig
 from monitors.runner import run_observed_expected
 from monitors.scheduler import record_heartbeat
 from store.rollups import refresh
+from tests.app.operational import app_test
 from tests.factories import outcome, prediction, write_jsonl
 from vigil.config import get_settings
 
@@ -67,7 +67,7 @@ def test_home_shows_the_status_grid_and_flags_the_miscalibrated_site(
 ) -> None:
     now = _seed(engine, tmp_path, miscalibrated_site="RVH")
     record_heartbeat(engine, started_at=now, monitor_ran=True)
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30).run()
+    at = app_test(default_timeout=30).run()
     assert not at.exception
     assert at.title[0].value.startswith("Vigil")
     assert len(at.get("plotly_chart")) == 1
@@ -76,13 +76,15 @@ def test_home_shows_the_status_grid_and_flags_the_miscalibrated_site(
     assert "deterioration at UMC" not in attention
     assert not at.warning  # the heartbeat is fresh
     assert [m.label for m in at.metric][:2] == ["Scheduler heartbeat", "Last monitor run"]
+    assert any(m.value.startswith("**0 SLO(s) burning") for m in at.markdown)
+    assert [p.label for p in at.get("page_link")][:2] == ["Live SLA (on-call)", "Feeds"]
     alerts = at.dataframe[0].value
     assert list(alerts["site"]) == ["RVH"]
     assert list(alerts["monitor"]) == ["observed_expected"]
 
 
 def test_home_explains_an_empty_store_and_a_silent_scheduler(app_env: None, engine: Engine) -> None:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30).run()
+    at = app_test(default_timeout=30).run()
     assert not at.exception
     assert "never run" in at.warning[0].value
     assert any("No monitor results yet" in i.value for i in at.info)
@@ -98,7 +100,7 @@ def test_home_shows_a_banner_not_a_traceback_when_the_database_is_unreachable(
     st.cache_data.clear()
     st.cache_resource.clear()
     try:
-        at = AppTest.from_file(ENTRYPOINT, default_timeout=30).run()
+        at = app_test(default_timeout=30).run()
         assert not at.exception
         assert "unreachable" in at.error[0].value
     finally:

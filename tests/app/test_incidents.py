@@ -11,9 +11,12 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 from streamlit.testing.v1 import AppTest
 
+from incidents import actions
 from incidents.audit import verify_chain
+from incidents.auth import Actor, PermissionDenied, Role
 from incidents.killswitch import score_status
 from store.models import AuditEvent, KillSwitch, table_of
+from tests.app.operational import app_test
 from tests.incidents.conftest import breach
 from vigil.config import get_settings
 
@@ -35,16 +38,16 @@ def app_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     st.cache_resource.clear()
 
 
-def open_console(query: dict[str, str] | None = None) -> AppTest:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+def open_console(
+    query: dict[str, str] | None = None, *, role: Role = Role.INCIDENT_RESPONDER
+) -> AppTest:
+    at = app_test(role=role, default_timeout=30)
     at.query_params.update(query or {})
     at.switch_page(PAGE)
     return at.run()
 
 
-def disable_in_console(at: AppTest, *, role: str, site: str, reason: str, title: str) -> AppTest:
-    at.sidebar.selectbox(key="actor_role").set_value(role)
-    at.sidebar.text_input(key="actor_name").input("Riley Responder")
+def disable_in_console(at: AppTest, *, site: str, reason: str, title: str) -> AppTest:
     at.selectbox(key="disable_model").set_value("deterioration")
     at.selectbox(key="disable_site").set_value(site)
     at.text_area(key="disable_reason").input(reason)
@@ -74,11 +77,9 @@ def test_console_shows_the_alert_its_runbook_and_disables_a_score(
     assert "observed-to-expected ratio" in text and "Mitigation" in text
     assert [m.label for m in at.metric][:3] == ["Open pages", "Open tickets", "Suppressed scores"]
     assert at.metric[0].value == "1"
-    assert any("DEMO MODE" in w.value for w in at.sidebar.warning)
+    assert any("Riley Responder" in c.value for c in at.sidebar.caption)  # who is signed in
 
-    at = disable_in_console(
-        at, role="incident_responder", site="UMC", reason="O:E 1.6 at UMC", title="Det UMC drift"
-    )
+    at = disable_in_console(at, site="UMC", reason="O:E 1.6 at UMC", title="Det UMC drift")
     assert not at.exception
     assert any("score disabled" in s.value for s in at.success), [e.value for e in at.error]
     with engine.connect() as conn:
@@ -92,34 +93,49 @@ def test_console_shows_the_alert_its_runbook_and_disables_a_score(
     assert verify_chain(engine).ok
 
 
-def test_console_refuses_a_viewer_and_an_unconfirmed_disable(app_env: None, engine: Engine) -> None:
-    breach(engine)
-    at = open_console()
-    before = _audit_count(engine)
-    at = disable_in_console(at, role="viewer", site="UMC", reason="trying it", title="Nope")
+def test_a_viewer_sees_no_action_and_the_action_refuses_it_anyway(
+    app_env: None, engine: Engine
+) -> None:
+    alert_id = breach(engine)
+    at = open_console(role=Role.VIEWER)
     assert not at.exception
-    assert any("Refused" in e.value and "viewer" in e.value for e in at.error)
+    keys = {b.key for b in at.get("button")}
+    assert not keys & {"disable_submit", f"act_submit_{alert_id}"}, keys
+    assert any("may not switch a score off" in c.value for c in at.caption)
+    assert any(f"#{alert_id} · deterioration at UMC" in m.value for m in at.markdown)
+    before = _audit_count(engine)
+    viewer = Actor("Vera Viewer", Role.VIEWER)
+    with pytest.raises(PermissionDenied, match="viewer"):
+        actions.disable_score(
+            engine, viewer, model="deterioration", site="UMC", reason="x", incident_title="x"
+        )
+    with pytest.raises(PermissionDenied):
+        actions.acknowledge_alert(engine, viewer, alert_id=alert_id, note="")
     with engine.connect() as conn:
         switches = conn.execute(sa.select(table_of(KillSwitch))).all()
         assert score_status(conn, model="deterioration", site="UMC").state == "enabled"
     assert switches == []
     assert _audit_count(engine) == before
 
-    # A responder who forgets the confirmation is stopped by the page as well.
-    at.sidebar.selectbox(key="actor_role").set_value("incident_responder")
-    at.checkbox(key="disable_confirm").uncheck()
+
+def test_a_disable_without_confirmation_changes_nothing(app_env: None, engine: Engine) -> None:
+    breach(engine)
+    at = open_console()
+    before = _audit_count(engine)
+    at.selectbox(key="disable_site").set_value("UMC")
+    at.text_area(key="disable_reason").input("O:E 1.6 at UMC")
+    at.text_input(key="disable_incident_title").input("Det UMC")
     at = at.button(key="disable_submit").click().run()
     assert any("Tick the confirmation" in w.value for w in at.warning)
     with engine.connect() as conn:
         assert score_status(conn, model="deterioration", site="UMC").state == "enabled"
+    assert _audit_count(engine) == before
 
 
 def test_console_re_enables_and_acknowledges(app_env: None, engine: Engine) -> None:
     alert_id = breach(engine)
     at = open_console()
-    at = disable_in_console(
-        at, role="incident_responder", site="UMC", reason="O:E 1.6 at UMC", title="Det UMC"
-    )
+    at = disable_in_console(at, site="UMC", reason="O:E 1.6 at UMC", title="Det UMC")
     switch_id = 1
     at.text_input(key=f"enable_reason_{switch_id}").input("mapping fixed")
     at.checkbox(key=f"enable_confirm_{switch_id}").check()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
+from tests.app.operational import app_test
 from vigil.config import get_settings
 
 ENTRYPOINT = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
@@ -29,7 +29,7 @@ def app_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_models_page_shows_lineage_deployments_and_the_card(app_env: None, engine: Engine) -> None:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    at = app_test(default_timeout=30)
     at.query_params["model"] = "deterioration"
     at.switch_page("app_pages/models.py").run()
     assert not at.exception

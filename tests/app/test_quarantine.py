@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
+from tests.app.operational import app_test
 from tests.collectors.sources import NOW, SECRET, adt_message, write_hl7
 from tests.factories import prediction, write_jsonl
 from vigil.config import get_settings
@@ -42,7 +42,7 @@ def test_quarantine_page_counts_per_source_and_reason_and_filters_rows(
         write_hl7(tmp_path / "adt-a.hl7", [adt_message(1), adt_message(2, facility="NOWHERE")]),
     ]
     list(collect_files(engine, files, secret=SECRET, now=lambda: NOW))
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    at = app_test(default_timeout=30)
     at.switch_page(PAGE).run()
     assert not at.exception
     assert at.title[0].value == "Quarantined input"
@@ -66,7 +66,7 @@ def test_quarantine_page_counts_per_source_and_reason_and_filters_rows(
 
 
 def test_quarantine_page_says_when_nothing_is_quarantined(app_env: None, engine: Engine) -> None:
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    at = app_test(default_timeout=30)
     at.switch_page(PAGE).run()
     assert not at.exception
     assert "No input rows" in at.success[0].value

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
 from monitors.config import MonitorConfig
 from monitors.sites import run_site_comparison
 from store.rollups import refresh
-from tests.app.operational import ENTRYPOINT, app_env, now_minute
+from tests.app.operational import app_env, app_test, now_minute
 from tests.factories import outcome, prediction, write_jsonl
 
 __all__ = ["app_env"]
@@ -42,7 +41,7 @@ def test_sites_page_draws_the_funnel_and_names_the_outlier(
     refresh(engine, now=now)
     config = MonitorConfig({"site_comparison": {"defaults": {"design_effect": 1.0}}})
     run_site_comparison(engine, config, now)
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    at = app_test(default_timeout=30)
     at.switch_page("app_pages/sites.py").run()
     assert not at.exception
     assert at.title[0].value == "Sites"

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from streamlit.testing.v1 import AppTest
 
 from collectors.runner import collect_files
 from monitors.slo import run_slo_monitor
 from store.rollups import refresh
-from tests.app.operational import ENTRYPOINT, app_env, late_scores, now_minute
+from tests.app.operational import app_env, app_test, late_scores, now_minute
 from tests.factories import write_jsonl
 
 __all__ = ["app_env"]
@@ -25,7 +24,7 @@ def test_slo_page_shows_the_burning_site_with_its_rule_and_budget(
     refresh(engine, now=now)
     run_slo_monitor(engine, "latency", now)
     run_slo_monitor(engine, "availability", now)
-    at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+    at = app_test(default_timeout=30)
     at.switch_page("app_pages/slo.py").run()
     assert not at.exception
     assert at.title[0].value == "Service levels"

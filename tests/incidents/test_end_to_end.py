@@ -36,6 +36,7 @@ from monitors.base import MonitorResult, Status
 from monitors.registry import MonitorRegistry
 from monitors.runner import run_observed_expected
 from store.models import MetricPoint, PageOutbox, table_of, utcnow
+from tests.app.operational import sign_in
 from tests.app.test_incidents import ENTRYPOINT, PAGE
 from tests.fakes.slack import TOKEN as SLACK_TOKEN
 from tests.fakes.slack import FakeSlack
@@ -163,13 +164,11 @@ def test_breach_page_disable_in_app_and_consumers_suppress_within_the_ttl(
         )
 
         # 3. The responder follows the page's dashboard link and disables the score at UMC.
-        at = AppTest.from_file(ENTRYPOINT, default_timeout=30)
+        at = sign_in(AppTest.from_file(ENTRYPOINT, default_timeout=30), "incident_responder")
         at.query_params.update(dict(parse_qsl(urlparse(dashboard_link).query)))
         at.switch_page(PAGE).run()
         assert not at.exception
         assert at.selectbox(key="disable_site").value == "UMC"  # from the deep link
-        at.sidebar.selectbox(key="actor_role").set_value("incident_responder")
-        at.sidebar.text_input(key="actor_name").input("Riley Responder")
         at.text_area(key="disable_reason").input("O:E 1.62 at UMC; under-predicting risk")
         at.text_input(key="disable_incident_title").input("Deterioration miscalibrated at UMC")
         at.checkbox(key="disable_confirm").check()

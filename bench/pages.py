@@ -1,0 +1,261 @@
+"""Dashboard pages: the server-side render time of every page (Streamlit AppTest) on a store
+of 10,000,000 predictions.
+
+The store is SQLite (the embedded default) in a temporary folder. Its predictions are not
+loaded through the collectors — that is bench.ingest's subject and would take most of the
+run — but bulk-inserted directly as generated rows (every control and canary deployment
+of the registry, 90 days up to now, scores, latencies and labels already settled), then
+the rollups are built by `store.rollups.refresh` and every registered monitor runs once, as the
+scheduler would. Each page is then rendered from the real entrypoint by AppTest, signed in
+as an admin (so every action form is drawn too), after one warm-up render: the median of
+three reruns of the same AppTest, with the pages' data caches cleared before each, so every
+render runs its queries. Baseline: the raw sqlite3 driver's `SELECT count(*) FROM
+prediction` on the same store — one pass over the raw rows, which a page that reads
+aggregates should beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from bench.core import Figure, timed_median
+from monitors.config import MonitorConfig
+from monitors.registry import default_registry
+from monitors.scheduler import record_heartbeat
+from store.db import REPO_ROOT, make_engine, upgrade
+from store.models import (
+    LATENCY_BIN_EDGES,
+    SCORE_BIN_EDGES,
+    SCORE_BINS,
+    Deployment,
+    Model,
+    table_of,
+)
+from store.registry import sync_registry
+from store.rollups import refresh
+
+logger = logging.getLogger(__name__)
+
+AREA = "Dashboard: server-side render of each page"
+REGISTRY = REPO_ROOT / "config" / "registry.yaml"
+ENTRYPOINT = REPO_ROOT / "app" / "streamlit_app.py"
+PAGES_DIR = REPO_ROOT / "app" / "app_pages"
+FULL_PREDICTIONS = 10_000_000
+SMOKE_PREDICTIONS = 50_000
+DAYS = 90
+REPEATS = 3
+TARGET_SECONDS = 1.0
+CHUNK = 250_000
+COLUMNS = (
+    "prediction_id", "model_id", "version_id", "site_id", "unit", "arm", "encounter_key",
+    "trigger_at", "scored_at", "delivered_at", "scored_hour", "horizon_end", "score",
+    "score_bin", "score_logit", "threshold", "alert", "status", "latency_seconds",
+    "latency_bin", "degraded", "content_hash", "label", "settled_at", "ingested_at",
+)  # fmt: skip
+
+
+def run(*, smoke: bool, predictions: int | None = None) -> list[Figure]:
+    """Render every page on a store of `predictions` rows (default: 10 M, smoke 50 k)."""
+    size = predictions or (SMOKE_PREDICTIONS if smoke else FULL_PREDICTIONS)
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-pages-") as tmp:
+        path = Path(tmp) / "vigil.db"
+        url = f"sqlite:///{path}"
+        build_store(url, size)
+        baseline = timed_median(lambda: _raw_count(path), repeats=REPEATS)
+        timings = render_pages(url)
+    figures = []
+    for page, (seconds, runs, problem) in timings.items():
+        figures.append(
+            Figure(
+                area=AREA,
+                name=f"{page} page, {size:,} predictions (SQLite)",
+                value=seconds,
+                unit="s",
+                baseline_name="raw sqlite3 SELECT count(*) FROM prediction",
+                baseline_value=baseline.median_s,
+                higher_is_better=False,
+                runs=runs,
+                target=f"< {TARGET_SECONDS:g} s",
+                met=problem is None and seconds < TARGET_SECONDS,
+                note=problem or "AppTest from the entrypoint, caches cleared before each render",
+            )
+        )
+    return figures
+
+
+# ---------------------------------------------------------------- the store
+
+
+def _text(moments: np.ndarray) -> list[str]:
+    """UTC timestamps as SQLite stores them ('YYYY-MM-DD HH:MM:SS.ffffff')."""
+    return [str(m).replace("T", " ") for m in moments.astype("datetime64[us]")]
+
+
+def generated_rows(
+    deployments: list[tuple[int, int, int, float, float, float, str, str]],
+    *,
+    count: int,
+    start: int,
+    end: datetime,
+    rng: np.random.Generator,
+) -> list[tuple[object, ...]]:
+    """`count` synthetic predictions spread over the deployments and the last DAYS days.
+
+    `deployments`: (model_id, version_id, site_id, threshold, horizon_h, label_lag_h, arm, unit).
+    """
+    pick = rng.integers(0, len(deployments), count)
+    deps = np.array([d[:6] for d in deployments], dtype=float)[pick]
+    arms = [deployments[k][6] for k in pick.tolist()]
+    units = [deployments[k][7] for k in pick.tolist()]
+    end_us = np.datetime64(end.replace(tzinfo=None), "us")
+    scored = end_us - (rng.random(count) * DAYS * 86_400e6).astype("timedelta64[us]")
+    trigger = scored - (rng.uniform(5, 120, count) * 1e6).astype("timedelta64[us]")
+    delivered = scored + (rng.uniform(0.2, 30, count) * 1e6).astype("timedelta64[us]")
+    latency = (delivered - trigger).astype(float) / 1e6
+    horizon_end = scored + (deps[:, 4] * 3600e6).astype("timedelta64[us]")
+    settled_at = horizon_end + (deps[:, 5] * 3600e6).astype("timedelta64[us]")
+    score = rng.beta(2, 25, count)
+    label = (rng.random(count) < score).astype(int)
+    pending = settled_at > end_us  # labels that could not have settled yet stay pending
+    edges = np.asarray(SCORE_BIN_EDGES)
+    score_bin = np.minimum(np.searchsorted(edges, score, side="right") - 1, SCORE_BINS - 1)
+    lat_bin = np.maximum(np.searchsorted(np.asarray(LATENCY_BIN_EDGES), latency, "right") - 1, 0)
+    logit = np.log(np.clip(score, 1e-6, 1 - 1e-6) / (1 - np.clip(score, 1e-6, 1 - 1e-6)))
+    hour = (scored.astype("datetime64[h]").astype(np.int64)).tolist()
+    texts = {name: _text(v) for name, v in
+             (("t", trigger), ("s", scored), ("d", delivered), ("h", horizon_end),
+              ("a", settled_at))}  # fmt: skip
+    now_text = str(end_us).replace("T", " ")
+    rows: list[tuple[object, ...]] = []
+    for i in range(count):
+        n = start + i
+        rows.append(
+            (
+                f"bench-{n}", int(deps[i, 0]), int(deps[i, 1]), int(deps[i, 2]), units[i], arms[i],
+                f"{n // 4:016x}", texts["t"][i], texts["s"][i], texts["d"][i], hour[i],
+                texts["h"][i], float(score[i]), int(score_bin[i]), float(logit[i]),
+                float(deps[i, 3]), bool(score[i] >= deps[i, 3]), "ok", float(latency[i]),
+                int(lat_bin[i]), False, f"{n:032x}",
+                None if pending[i] else int(label[i]),
+                None if pending[i] else texts["a"][i], now_text,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def build_store(url: str, predictions: int) -> None:
+    """A migrated store with the registry and `predictions` rows, rollups and monitor points."""
+    upgrade(url)
+    engine = make_engine(url)
+    sync_registry(engine, REGISTRY)
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    D, M = table_of(Deployment), table_of(Model)
+    with engine.connect() as conn:
+        deployments = [
+            tuple(r)  # model, version, site, threshold, horizon, lag, arm, unit
+            for r in conn.execute(
+                sa.select(
+                    D.c.model_id, D.c.version_id, D.c.site_id, D.c.alert_threshold,
+                    M.c.horizon_hours.label("horizon"), M.c.label_lag_hours.label("lag"),
+                    D.c.arm, D.c.unit,
+                )
+                .join(M, M.c.id == D.c.model_id)
+                .where(D.c.arm.in_(["control", "canary"]))
+            )
+        ]  # fmt: skip
+    path = url.removeprefix("sqlite:///")
+    rng = np.random.default_rng(20261127)
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA synchronous=OFF")
+    insert = (
+        f"INSERT INTO prediction ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    )
+    for start in range(0, predictions, CHUNK):
+        count = min(CHUNK, predictions - start)
+        raw.executemany(
+            insert, generated_rows(deployments, count=count, start=start, end=end, rng=rng)
+        )
+        raw.commit()
+    raw.close()
+    refresh(engine, now=end)
+    config = MonitorConfig.from_file()
+    for entry in default_registry():
+        entry.run(engine, config, end)
+    record_heartbeat(engine, started_at=datetime.now(UTC), monitor_ran=True)
+    engine.dispose()
+
+
+def _raw_count(path: Path) -> int:
+    with sqlite3.connect(path) as raw:
+        return int(raw.execute("SELECT count(*) FROM prediction").fetchone()[0])
+
+
+# ---------------------------------------------------------------- the pages
+
+
+@contextmanager
+def _dashboard_env(url: str) -> Iterator[None]:
+    """Point the dashboard's settings at the bench store while rendering (AppTest reads the
+    environment through vigil.config like the real app)."""
+    from vigil.config import get_settings
+
+    saved = {k: os.environ.get(k) for k in ("VIGIL_DATABASE_URL", "VIGIL_DEMO_MODE")}
+    cwd = Path.cwd()
+    os.environ.update({"VIGIL_DATABASE_URL": url, "VIGIL_DEMO_MODE": "true"})
+    os.chdir(REPO_ROOT)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.chdir(cwd)
+        get_settings.cache_clear()
+
+
+def render_pages(url: str) -> dict[str, tuple[float, int, str | None]]:
+    """Median render seconds of every page, with the number of runs and any problem seen."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from app.session import ACTOR_KEY
+    from incidents.auth import Actor, Role
+
+    pages = sorted(p.name for p in PAGES_DIR.glob("*.py") if p.name != "__init__.py")
+    results: dict[str, tuple[float, int, str | None]] = {}
+    with _dashboard_env(url):
+        st.cache_resource.clear()
+        for name in pages:
+            # One AppTest per page: its first (warm-up) render also pays the harness's one-off
+            # scan of installed packages, which is no part of a page's render.
+            at = AppTest.from_file(str(ENTRYPOINT), default_timeout=600)
+            at.session_state[ACTOR_KEY] = Actor("Bench Admin", Role.ADMIN)
+            at.switch_page(f"app_pages/{name}").run()
+            problems = [f"exception: {e.message}" for e in at.exception]
+
+            def render(at: AppTest = at, found: list[str] = problems) -> None:
+                at.run()
+                found.extend(f"exception: {e.message}" for e in at.exception)
+
+            timing = timed_median(render, repeats=REPEATS, setup=st.cache_data.clear)
+            results[name.removesuffix(".py")] = (
+                timing.median_s,
+                len(timing.runs),
+                problems[0] if problems else None,
+            )
+            logger.info("page %s: %.3f s", name, timing.median_s)
+        st.cache_resource.clear()
+    return results
