@@ -271,7 +271,7 @@ def bench(
 
 # Each area's commands live in vigil/commands/<area>.py, which exposes register(app);
 # add the module's name to AREAS to put its commands on the `vigil` command line.
-AREAS: tuple[str, ...] = ("incidents", "collectors", "canary", "operational", "clinical")
+AREAS: tuple[str, ...] = ("incidents", "collectors", "canary", "operational", "clinical", "report")
 for _area in AREAS:
     importlib.import_module(f"vigil.commands.{_area}").register(app)
 
