@@ -13,11 +13,21 @@ scored once per stay (readmission) is reported per 100 scored discharges instead
 Control limits (probability limits of a u-chart, Montgomery, Introduction to Statistical
 Quality Control, ch. 7): the site's expected rate is its own rate over the `baseline_days`
 before the window, with each baseline day's count capped at its 99.9% Poisson limit (so one
-bad day does not inflate the baseline for a month). A spike is more shown alerts over the last
-`spike_window_hours` than the upper 1 - alpha/2 Poisson quantile of the expected count; a drop
-is fewer over the last `drop_window_days` than the lower alpha/2 quantile (a drop needs the
-longer window: at a few alerts a day no single day can fall significantly). Only whole hours
-count, so a run as of any instant sees exactly the data logged before it.
+bad day does not inflate the baseline for a month). A spike is more shown alerts (or more
+alerting scores) over the last `spike_window_hours` than the upper Poisson quantile of the
+expected count; a drop is fewer over the last `drop_window_days` than the lower quantile (a
+drop needs the longer window: at a few alerts a day no single day can fall significantly).
+Only whole hours count, so a run as of any instant sees exactly the data logged before it.
+
+Multiplicity. The spike tests look at every series (model × site) every hour, two tests a
+look: 4,320 tests per series in 90 days. With a fixed 0.1% tail per test, chance spikes at
+stable sites are to be expected every few months (the 90-day demo raised two). The spike
+limit's tail is therefore the Šidák level that keeps the chance of one or more false spikes
+per series within `family_days` at `family_alpha` (Šidák 1967): 1 - 0.95^(1/4320) = 1.19e-5 by
+default. It is exact for independent tests; for these overlapping windows the family rate is
+lower still (tested by simulation in tests/monitors/test_alert_burden.py). The drop test (a
+ticket, over a 7-day window that moves by 1/168 of itself each hour) keeps its own
+`drop_alpha`.
 
 Detection delay: a spike is flagged in the first complete hour whose trailing window exceeds
 the limit; the seeded RVH threshold misconfiguration (26% of scores alerting instead of 1%)
@@ -78,7 +88,12 @@ class AlertBurdenConfig:
     drop_window_days: int = 7
     baseline_days: int = 28
     min_baseline_days: int = 7
-    alpha: float = 0.002  # two-sided: 99.8% control limits
+    # Spike limits: at most `family_alpha` chance of any false spike per model × site series
+    # in `family_days`, looked at `looks_per_day` times a day (the scheduler runs it hourly).
+    family_alpha: float = 0.05
+    family_days: int = 90
+    looks_per_day: int = 24
+    drop_alpha: float = 0.002  # two-sided level of the drop test: lower 0.1% limit
     warn_alpha: float = 0.05
     min_spike_alerts: int = 5  # fewer shown alerts is no burden, whatever the baseline
     # Floors of the over-dispersion factor of each test's window counts (quasi-Poisson). A
@@ -117,6 +132,23 @@ def exposure(n_scored: npt.ArrayLike, scoring_interval_minutes: int) -> npt.NDAr
     if scoring_interval_minutes <= 0:
         return n
     return n * scoring_interval_minutes / 1440.0
+
+
+SPIKE_TESTS_PER_LOOK = 2  # shown alerts, and alerting scores
+
+
+def sidak_per_test(family_alpha: float, tests: int) -> float:
+    """Per-test level that keeps P(any of `tests` false alarms) at `family_alpha` when the tests
+    are independent: 1 - (1 - family_alpha)^(1/tests) (Šidák 1967, JASA 62:626)."""
+    if not 0 < family_alpha < 1 or tests < 1:
+        raise ValueError("family_alpha must be in (0, 1) and tests at least 1")
+    return float(-np.expm1(np.log1p(-family_alpha) / tests))
+
+
+def spike_tail(config: AlertBurdenConfig) -> float:
+    """One-sided tail probability of the upper spike limit, per test and look."""
+    looks = config.family_days * config.looks_per_day * SPIKE_TESTS_PER_LOOK
+    return sidak_per_test(config.family_alpha, looks)
 
 
 def poisson_limits(
@@ -173,17 +205,19 @@ def judge_burden(
     volume_expected: float = float("nan"),
     volume_dispersion: float = 1.0,
 ) -> BurdenVerdict:
-    """Spike tests (shown alerts, and alerting scores) over the spike window and a drop test of
-    shown alerts over the drop window; breach at alpha, warn at warn_alpha."""
+    """Spike tests (shown alerts, and alerting scores) over the spike window against the
+    multiplicity-corrected upper tail (`spike_tail`), and a drop test of shown alerts over the
+    drop window at `drop_alpha`; warn outside the `warn_alpha` limits."""
     # Every limit in one scipy call (quasi-Poisson: quantiles of expected/phi, times phi).
     phis = np.maximum(1.0, [spike_dispersion, drop_dispersion, volume_dispersion])
     mus = np.array([spike_expected, drop_expected, volume_expected], dtype=float) / phis
-    tails = [config.alpha / 2, 1 - config.alpha / 2, config.warn_alpha / 2]
-    tails.append(1 - config.warn_alpha / 2)
+    tail = spike_tail(config)
+    tails = [config.drop_alpha / 2, 1 - tail, config.warn_alpha / 2, 1 - config.warn_alpha / 2]
+    tails.append(1 - config.drop_alpha / 2)
     q = stats.poisson.ppf(tails, mus[:, None]) * phis[:, None]
-    s_lo, s_hi, _, ws_hi = (float(v) for v in q[0])
+    s_lo, s_hi, _, ws_hi = (float(v) for v in q[0, :4])
     d_lo, wd_lo = float(np.nan_to_num(q[1][0])), float(np.nan_to_num(q[1][2]))
-    d_hi = float(q[1][1])
+    d_hi = float(q[1][4])
     v_hi = float(q[2][1])
     enough = spike_observed >= config.min_spike_alerts
 
@@ -197,22 +231,22 @@ def judge_burden(
             Status.BREACH,
             "spike",
             f"{spike_observed} shown alerts in {config.spike_window_hours} h against "
-            f"{spike_expected:.1f} expected (upper {1 - config.alpha / 2:.1%} limit {s_hi:.0f})",
+            f"{spike_expected:.1f} expected (upper limit {s_hi:.0f} at tail {tail:.1e})",
         )
     if enough and np.isfinite(v_hi) and volume_observed > v_hi:
         return verdict(
             Status.BREACH,
             "spike",
             f"{volume_observed} alerting scores in {config.spike_window_hours} h against "
-            f"{volume_expected:.1f} expected (upper {1 - config.alpha / 2:.1%} limit "
-            f"{v_hi:.0f}); {spike_observed} patients shown an alert",
+            f"{volume_expected:.1f} expected (upper limit {v_hi:.0f} at tail {tail:.1e}); "
+            f"{spike_observed} patients shown an alert",
         )
     if drop_observed < d_lo:
         return verdict(
             Status.BREACH,
             "drop",
             f"{drop_observed} shown alerts in {config.drop_window_days} d against "
-            f"{drop_expected:.1f} expected (lower {config.alpha / 2:.1%} limit {d_lo:.0f})",
+            f"{drop_expected:.1f} expected (lower {config.drop_alpha / 2:.1%} limit {d_lo:.0f})",
         )
     if (enough and spike_observed > ws_hi) or drop_observed < wd_lo:
         return verdict(Status.WARN, "", "outside the 95% control limits")
@@ -594,10 +628,12 @@ def burden_result(
         ci_high=None if rate is None or rate.ci_high is None else round(rate.ci_high, 3),
         n=observed,
         threshold=(
-            f"shown alerts per 100 {per} over {config.spike_window_hours} h; breach outside "
-            f"{1 - config.alpha:.1%} Poisson limits of the site's {config.baseline_days}-day "
-            f"rate (spike over {config.spike_window_hours} h, drop over "
-            f"{config.drop_window_days} d)"
+            f"shown alerts per 100 {per} against Poisson limits of the site's "
+            f"{config.baseline_days}-day rate: a spike over {config.spike_window_hours} h above "
+            f"the upper limit at tail {spike_tail(config):.1e} per hourly look (a "
+            f"{config.family_alpha:.0%} chance of a false spike per site in "
+            f"{config.family_days} d), a drop over {config.drop_window_days} d below the lower "
+            f"{config.drop_alpha / 2:.1%} limit"
         ),
         runbook=RUNBOOK,
         detail={

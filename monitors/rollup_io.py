@@ -214,13 +214,19 @@ def trailing(values: F64, window: int) -> F64:
 
 
 def first_hours(conn: Connection, model_id: int) -> dict[int, int]:
-    """The first scored hour per site of one model (the start of each site's history)."""
-    rows = conn.execute(
-        sa.select(R.c.site_id, sa.func.min(R.c.hour))
-        .where(R.c.model_id == model_id)
-        .group_by(R.c.site_id)
-    ).all()
-    return {int(s): int(h) for s, h in rows}
+    """The first scored hour per site of one model (the start of each site's history).
+
+    One min() per site, each the first entry of the (model_id, site_id, hour) index: a min()
+    per GROUP BY group reads the model's whole index range, which grows with history.
+    """
+    first: dict[int, int] = {}
+    for site_id in load_sites(conn):
+        hour = conn.execute(
+            sa.select(sa.func.min(R.c.hour)).where(R.c.model_id == model_id, R.c.site_id == site_id)
+        ).scalar()
+        if hour is not None:
+            first[site_id] = int(hour)
+    return first
 
 
 def latest_points(

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import statsmodels.api as sm
 from scipy import stats
 from sqlalchemy.engine import Engine
+from statsmodels.stats.multitest import multipletests
 
 from collectors.runner import collect_files
 from monitors.alert_burden import (
@@ -23,6 +24,8 @@ from monitors.alert_burden import (
     run_alert_burden,
     shift_of,
     shown_alerts,
+    sidak_per_test,
+    spike_tail,
     winsorised_rate,
 )
 from monitors.base import Status
@@ -63,6 +66,68 @@ def test_overdispersed_limits_use_effective_counts() -> None:
     assert lower == 4 * stats.poisson.ppf(0.001, 10.0)
     # A dispersion below 1 is never used to narrow the limits.
     assert poisson_limits(40.0, 0.002, dispersion=0.5)[1] == poisson_limits(40.0, 0.002)[1]
+
+
+def test_per_look_level_is_statsmodels_sidak_correction() -> None:
+    looks = 90 * 24 * 2
+    tail = sidak_per_test(0.05, looks)
+    *_, sidak, bonferroni = multipletests(np.full(looks, 0.5), alpha=0.05, method="sidak")
+    assert tail == pytest.approx(sidak, rel=1e-9)
+    assert bonferroni < tail < 0.05 / looks * 1.03  # Sidak is just above Bonferroni
+    # With independent looks, the chance of one or more false alarms is exactly the family's.
+    assert stats.binom.sf(0, looks, tail) == pytest.approx(0.05, rel=1e-9)
+    assert spike_tail(AlertBurdenConfig()) == tail
+    # The shipped configuration is the documented default.
+    shipped = MonitorConfig.from_file().for_monitor(
+        "alert_burden", AlertBurdenConfig, model="readmission", site="MTN"
+    )
+    assert spike_tail(shipped) == pytest.approx(1.187e-5, rel=1e-3)
+    with pytest.raises(ValueError):
+        sidak_per_test(1.0, 10)
+
+
+@pytest.mark.parametrize("expected", [0.7, 2.0, 11.2, 60.0])
+def test_spike_limit_is_scipys_upper_poisson_quantile_at_the_per_look_tail(
+    expected: float,
+) -> None:
+    cfg = AlertBurdenConfig()
+    tail = spike_tail(cfg)
+    upper = judge_burden(
+        spike_observed=5, spike_expected=expected, drop_observed=0, drop_expected=float("nan"),
+        config=cfg,
+    ).spike_limits[1]  # fmt: skip
+    assert upper == stats.poisson.isf(tail, expected)
+    assert stats.poisson.sf(upper, expected) <= tail < stats.poisson.sf(upper - 1, expected)
+    # A count at the limit is in control, one above it is a spike (given enough alerts).
+    at, above = (
+        judge_burden(
+            spike_observed=int(max(upper, cfg.min_spike_alerts)) + k,
+            spike_expected=expected,
+            drop_observed=10**6,
+            drop_expected=float("nan"),
+            config=cfg,
+        ).status
+        for k in (0, 1)
+    )
+    assert above == Status.BREACH
+    assert at != Status.BREACH or upper < cfg.min_spike_alerts
+
+
+def test_a_stable_series_looked_at_hourly_for_90_days_rarely_raises_a_false_spike() -> None:
+    # 400 stable sites, each expecting 0.7 shown alerts a day (a small site's readmission
+    # model), judged every hour on the trailing 24 h with the true expectation: the share with
+    # any false spike in 90 days stays within the family's 5% (overlapping windows make it
+    # smaller); under a fixed 0.1% tail per look it is about a quarter.
+    rng = np.random.default_rng(11)
+    hours, width, rate = 90 * 24, 24, 0.7 / 24
+    counts = rng.poisson(rate, size=(400, hours + width))
+    cum = np.concatenate([np.zeros((400, 1)), np.cumsum(counts, axis=1)], axis=1)
+    windows = cum[:, width:] - cum[:, :-width]
+    expected = rate * width
+    corrected = stats.poisson.isf(spike_tail(AlertBurdenConfig()), expected)
+    fixed = stats.poisson.isf(0.001, expected)
+    assert (windows > corrected).any(axis=1).mean() <= 0.05
+    assert (windows > fixed).any(axis=1).mean() > 0.15
 
 
 def test_dispersion_matches_statsmodels_pearson_chi2() -> None:
