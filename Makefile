@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run setup system-deps test lint format bench constraints clean-data clean help
+.PHONY: run setup system-deps test lint format bench reliability constraints clean-data clean help
 
 help:
 	@echo "make run    - set up (venv, install, migrate, demo data) and serve http://localhost:8501"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
 	@echo "make bench  - run the benchmarks and write BENCHMARKS.md"
+	@echo "make reliability - run the fault-injection suite and write RELIABILITY.md"
 	@echo "make clean-data - delete the demo store and files (data/)"
 
 $(BIN)/python:
@@ -48,6 +49,13 @@ test: setup
 bench: setup
 	VIGIL_BENCH_POSTGRES_URL="$${VIGIL_BENCH_POSTGRES_URL:-$$(pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo postgresql+psycopg://postgres@127.0.0.1:5432/test)}" \
 	  $(BIN)/vigil bench
+
+# The fault-injection suite (also part of `make test`), then RELIABILITY.md from its records.
+reliability: setup
+	rm -f artifacts/reliability.json
+	@status=0; VIGIL_TEST_POSTGRES_URL="$${VIGIL_TEST_POSTGRES_URL:-$$(pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo postgresql+psycopg://postgres@127.0.0.1:5432/test)}" \
+	  $(BIN)/python -m pytest tests/reliability -q || status=$$?; \
+	$(BIN)/python -m tests.reliability.report && exit $$status
 
 lint: setup
 	$(BIN)/ruff check .

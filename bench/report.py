@@ -16,7 +16,13 @@ from bench.core import Figure
 logger = logging.getLogger(__name__)
 
 # Benchmark modules, in report order; each exposes run(*, smoke: bool) -> list[Figure].
-MODULES: list[str] = ["bench.ingest", "bench.scheduler_cycle", "bench.drift"]
+MODULES: list[str] = [
+    "bench.ingest",
+    "bench.scheduler_cycle",
+    "bench.scale",
+    "bench.drift",
+    "bench.pages",
+]
 
 
 def machine_description() -> str:

@@ -7,7 +7,9 @@ A file's name says what it holds: `<source>-<anything>.<extension>` (see `SOURCE
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from collectors.sinks import (
 )
 from store.models import Site, table_of, utcnow
 from store.registry import RegistryLookup
+from vigil.config import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,18 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     return sorted(found, key=sort_key)
 
 
+def check_size(path: Path, max_bytes: int) -> None:
+    """Refuse a file larger than the configured limit before reading any of it."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # the reader names a missing or unreadable file itself
+    if size > max_bytes:
+        raise FileUnreadable(
+            path, f"file is {size} bytes, over the {max_bytes}-byte limit (VIGIL_MAX_FILE_BYTES)"
+        )
+
+
 def collect_files(
     engine: Engine,
     paths: Iterable[Path],
@@ -167,16 +182,20 @@ def collect_files(
     batch_units: int = BATCH_UNITS,
     progress: Callable[[int], None] | None = None,
     helper: bool | None = None,
+    max_file_bytes: int | None = None,
 ) -> Iterator[IngestResult | FileUnreadable]:
     """Ingest each file; an unreadable file is reported and skipped, the others still land.
 
     `helper`: prepare chunks in helper processes (None: for large files; see `ingest_file`).
+    `max_file_bytes`: larger files are refused whole (default: VIGIL_MAX_FILE_BYTES).
     """
     registry = RegistryLookup.load(engine)
     timezones = site_timezones(engine)
+    limit = max_file_bytes if max_file_bytes is not None else get_settings().max_file_bytes
     for path in expand(paths):
         outcome: IngestResult | FileUnreadable
         try:
+            check_size(path, limit)
             source, extension = source_of(path)
             outcome = ingest_file(
                 engine,
@@ -197,6 +216,33 @@ def collect_files(
         yield outcome
 
 
+def unsafe_entries(inbox: Path) -> list[FileUnreadable]:
+    """Entries of the drop folder that could make the collector read outside it: symbolic
+    links (to files or folders, never followed) and hard links of files."""
+    found: list[FileUnreadable] = []
+    for root, folders, files in os.walk(inbox):  # does not descend into linked folders
+        for name in sorted(folders + files):
+            path = Path(root) / name
+            if path.is_symlink():
+                found.append(
+                    FileUnreadable(
+                        path,
+                        "a symbolic link: the drop folder takes regular files only (not followed)",
+                    )
+                )
+            elif name in files and path.stat().st_nlink > 1:
+                found.append(
+                    FileUnreadable(
+                        path, "a hard link: the drop folder takes regular files only (not read)"
+                    )
+                )
+    return found
+
+
+def _inside(path: Path, inbox: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(inbox))
+
+
 def collect_inbox(
     engine: Engine,
     inbox: Path,
@@ -204,22 +250,34 @@ def collect_inbox(
     *,
     secret: str,
     now: Callable[[], datetime] = utcnow,
+    max_file_bytes: int | None = None,
 ) -> list[IngestResult | FileUnreadable]:
     """Ingest every file in the drop folder, then move each finished file out of it.
 
     Unreadable files go to `<processed>/rejected/`, the others to `<processed>/<date>/`.
+    Links (symbolic or hard) are never read: they are moved to `rejected/` as links.
     """
     if not inbox.exists():
         return []
-    results = []
-    for outcome in collect_files(engine, [inbox], secret=secret, now=now):
+    unsafe = unsafe_entries(inbox)
+    for problem in unsafe:
+        logger.error("%s", problem)
+    skipped = {p.path for p in unsafe}
+    files = [
+        p
+        for p in expand([inbox])
+        if p not in skipped and not any(s in p.parents for s in skipped) and _inside(p, inbox)
+    ]
+    ingested = collect_files(engine, files, secret=secret, now=now, max_file_bytes=max_file_bytes)
+    results: list[IngestResult | FileUnreadable] = []
+    for outcome in itertools.chain(unsafe, ingested):
         results.append(outcome)
         path = outcome.path
         sub = "rejected" if isinstance(outcome, FileUnreadable) else utcnow().strftime("%Y-%m-%d")
         target = processed / sub / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         serial = 1
-        while target.exists():  # never overwrite an earlier file of the same name
+        while os.path.lexists(target):  # never overwrite an earlier file of the same name
             serial += 1
             target = processed / sub / f"{path.stem}.{serial}{path.suffix}"
         shutil.move(str(path), target)

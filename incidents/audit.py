@@ -136,48 +136,74 @@ class ChainReport:
         return f"audit chain BROKEN at {where}: {self.problem}"
 
 
+def _read_head(conn: Connection) -> tuple[int, str]:
+    head = conn.execute(sa.select(AH.c.events, AH.c.hash).where(AH.c.id == HEAD_ID)).first()
+    return (int(head.events), str(head.hash)) if head is not None else (0, GENESIS)
+
+
 def verify_chain(engine: Engine) -> ChainReport:
-    """Walk the chain from the start; report the first edited, deleted or missing event."""
+    """Walk the chain from the start; report the first edited, deleted, inserted or missing
+    event, and any event stored past the head (a forged tail).
+
+    The head is read again after each pass: events appended while the chain is walked are
+    walked too, so a live store verifies without a false alarm and without a snapshot.
+    """
+    prev, count, last_id = GENESIS, 0, 0
     with engine.connect() as conn:
-        # The head first: events appended while we walk come after it and are not counted.
-        head = conn.execute(sa.select(AH.c.events, AH.c.hash).where(AH.c.id == HEAD_ID)).first()
-        expected_events = int(head.events) if head is not None else 0
-        expected_head = str(head.hash) if head is not None else GENESIS
-        prev, count = GENESIS, 0
-        rows = conn.execution_options(yield_per=1000).execute(sa.select(AE).order_by(AE.c.id))
-        for row in rows:
-            if count == expected_events:
-                break  # appended after we read the head
-            if row.prev_hash != prev:
-                return ChainReport(
-                    False,
-                    count,
-                    prev,
-                    row.id,
-                    "its prev_hash does not match the hash of the event before it: "
-                    "an earlier event was deleted or rewritten",
-                )
-            recomputed = event_hash(
-                prev,
-                canonical_event(
-                    at=row.at,
-                    actor=row.actor,
-                    role=row.role,
-                    action=row.action,
-                    target=row.target,
-                    detail=normalise_detail(row.detail),
-                ),
+        initial_events, _ = _read_head(conn)
+        past_head: dict[int, int] = {}  # position → event id, for positions past the first head
+        for _attempt in range(5):
+            walked = 0
+            rows = conn.execution_options(yield_per=1000).execute(
+                sa.select(AE).where(AE.c.id > last_id).order_by(AE.c.id)
             )
-            if recomputed != row.hash:
+            for row in rows:
+                if row.prev_hash != prev:
+                    rows.close()
+                    return ChainReport(
+                        False,
+                        count,
+                        prev,
+                        row.id,
+                        "its prev_hash does not match the hash of the event before it: "
+                        "an earlier event was deleted or rewritten",
+                    )
+                recomputed = event_hash(
+                    prev,
+                    canonical_event(
+                        at=row.at,
+                        actor=row.actor,
+                        role=row.role,
+                        action=row.action,
+                        target=row.target,
+                        detail=normalise_detail(row.detail),
+                    ),
+                )
+                if recomputed != row.hash:
+                    rows.close()
+                    return ChainReport(
+                        False,
+                        count,
+                        prev,
+                        row.id,
+                        "its content does not match its hash: the event was edited",
+                    )
+                prev, count, last_id, walked = row.hash, count + 1, row.id, walked + 1
+                if count > initial_events:
+                    past_head[count] = row.id
+            rows.close()
+            expected_events, expected_head = _read_head(conn)
+            if count > expected_events:
                 return ChainReport(
                     False,
-                    count,
-                    prev,
-                    row.id,
-                    "its content does not match its hash: the event was edited",
+                    expected_events,
+                    expected_head,
+                    past_head.get(expected_events + 1),
+                    f"the chain holds {count - expected_events} event(s) past its head, which "
+                    f"records {expected_events}: events were added without the head",
                 )
-            prev, count = row.hash, count + 1
-        rows.close()
+            if count == expected_events or walked == 0:
+                break  # done, or nothing new arrived: a shorter chain is a deleted tail
     if count != expected_events or prev != expected_head:
         return ChainReport(
             False,

@@ -169,6 +169,18 @@ def _esc(text: str) -> str:
     return scrub(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+# A Slack mention Vigil itself puts at the start of a re-page or escalation (settings).
+_LEADING_MENTION = re.compile(r"^<!(?:here|channel|everyone|subteam\^[A-Z0-9]+)>|^<@[A-Z0-9]+>")
+
+
+def _fallback(text: str) -> str:
+    """The notification text: escaped like mrkdwn so free text (reasons, notes, names) can
+    never mention, link or format; only a leading mention Vigil placed is kept as is."""
+    mention = _LEADING_MENTION.match(text)
+    head = mention.group(0) if mention else ""
+    return head + _esc(text[len(head) :])
+
+
 def _clip(text: str, limit: int) -> str:
     """Block Kit refuses long texts (section 3000, field 2000 characters): shorten, visibly."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -289,7 +301,7 @@ def build_reply(view: AlertView, text: str, links: Links) -> Message:
     """A threaded update about the alert (self-contained, in case it must stand alone)."""
     line = f"{text} — {view.runbook_title}, {_where(view)} (alert #{view.id})"
     return {
-        "text": scrub(line),
+        "text": _fallback(line),
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": _clip(_esc(line), 2900)}},
             {
@@ -353,7 +365,7 @@ def build_killswitch_message(
     )
     effect += f" within {ttl_seconds} s (the consumer cache)."
     return {
-        "text": scrub(f"{title} by {actor}. Reason: {reason}. Incident: {incident}. {effect}"),
+        "text": _fallback(f"{title} by {actor}. Reason: {reason}. Incident: {incident}. {effect}"),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
             {

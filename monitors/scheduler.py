@@ -10,6 +10,9 @@ registered monitor runs on its own interval (misfire grace = its interval, so a 
 less than one interval still happens once, and missed runs coalesce into one) and then syncs
 the alerts of every key its results touched (incidents.alerts.sync_alerts). Every job outcome
 (ok, error, missed) is logged and kept in `jobstate` under scheduler.job.<id>.
+
+Several scheduler processes may run: one leads through a database lock and runs the jobs, the
+others wait as standbys and take over when it dies (monitors/leader.py).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from collectors.runner import collect_inbox
 from incidents.alerts import AlertChanges, sync_alerts, sync_all_alerts
 from incidents.paging import paging_job
 from monitors.config import MonitorConfig
+from monitors.leader import LeaderLock, leader_lock
 from monitors.registry import MonitorRegistry, default_registry
 from store.db import _sqlite_pragmas, make_engine
 from store.models import SchedulerHeartbeat, table_of, utcnow
@@ -226,6 +230,7 @@ def _on_job_event(event: JobExecutionEvent) -> None:
         logger.warning("job %s missed its run at %s", event.job_id, event.scheduled_run_time)
     else:
         outcome, error = "ok", None
+        logger.debug("job %s ran (scheduled for %s)", event.job_id, event.scheduled_run_time)
     try:
         record_job_event(
             _get_engine(),
@@ -321,6 +326,21 @@ def build_scheduler(*, simulate: bool = False) -> BackgroundScheduler:
         misfire_grace_time=settings.paging_interval_seconds,
         **common,
     )
+    # The governance report of the month just ended, at 00:15 UTC on the 1st (by name: the
+    # reports layer sits above the monitors). A scheduler down at that time still writes it
+    # within the next day.
+    scheduler.add_job(
+        "reports.export:monthly_report_job",
+        "cron",
+        day=1,
+        hour=0,
+        minute=15,
+        id="governance-report",
+        misfire_grace_time=24 * 3600,
+        replace_existing=True,
+        coalesce=True,
+        max_instances=1,
+    )
     return scheduler
 
 
@@ -333,10 +353,6 @@ def _remove_stale(engine: Engine, job_id: str) -> None:
 
 def run_scheduler(*, simulate: bool = False) -> None:
     """Run until SIGINT or SIGTERM; a job already running is allowed to finish."""
-    global _started_at
-    _started_at = utcnow()
-    scheduler = build_scheduler(simulate=simulate)
-
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -350,13 +366,41 @@ def run_scheduler(*, simulate: bool = False) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # Of several scheduler processes one leads; the others wait (monitors/leader.py).
+    poll = get_settings().leader_poll_seconds
+    lock = leader_lock(get_settings().scheduler_url)
+    waiting = False
+    while not stop.is_set():
+        try:
+            if lock.acquire():
+                logger.info("scheduler %d leads", os.getpid())
+                _lead(lock, stop, simulate=simulate, poll=poll)
+                waiting = False
+            elif not waiting:
+                logger.info("scheduler %d is standby: another scheduler leads", os.getpid())
+                waiting = True
+        except sa.exc.SQLAlchemyError as exc:  # the database is down or restarting: retry
+            logger.error("scheduler %d: database unavailable, retrying: %s", os.getpid(), exc)
+            lock.release()
+            waiting = False
+        stop.wait(poll)
+    lock.release()
+
+
+def _lead(lock: LeaderLock, stop: threading.Event, *, simulate: bool, poll: float) -> None:
+    """Run the jobs while this process holds the leader lock and no stop was asked."""
+    global _started_at
+    _started_at = utcnow()
+    scheduler = build_scheduler(simulate=simulate)
     record_heartbeat(_get_engine(), started_at=_started_at)
     # Reconcile alerts with every monitor's latest evidence once at start: results written
     # while no scheduler ran (a bootstrap, a manual `vigil monitor`) must still alert.
     sync_all_alerts(_get_engine())
     logger.info("scheduler started with jobs: %s", [j.id for j in scheduler.get_jobs()])
     scheduler.start()
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(poll):
+        if not lock.still_held():
+            logger.error("scheduler %d lost the leader lock; stepping down", os.getpid())
+            break
     scheduler.shutdown(wait=True)
     logger.info("scheduler stopped")

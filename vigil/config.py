@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that ship in the repository for the demo; refused outside demo mode.
@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     demo_future_days: int = 14
     demo_bed_scale: float = 1.0
     spool_dir: Path = Path("data/spool")
+    # Monthly governance reports written by the scheduler (the 1st, for the previous month).
+    reports_dir: Path = Path("data/reports")
     log_level: str = "INFO"
     # Incident response. Consumer API bearer tokens as {consumer name: SHA-256 hex of the
     # token}; empty means only the demo token, and only in demo mode.
@@ -47,6 +49,12 @@ class Settings(BaseSettings):
     api_port: int = 8502
     api_cache_seconds: int = 15  # Cache-Control max-age; the Python client's default TTL
     dashboard_url: str = "http://localhost:8501"
+    # Dashboard sign-in: demo accounts (demo mode only) and, in production, the role of each
+    # OIDC user as {email or "@domain": role}; anyone not listed is a viewer.
+    demo_accounts_path: Path = Path("config/demo_accounts.yaml")
+    oidc_roles: dict[str, str] = {}
+    live_refresh_seconds: int = 30  # how often the Live SLA page redraws itself
+    small_sample_n: int = 100  # fewer predictions (or labels) in a window: shown with a caution
     # Runbook links in pages: {dashboard} and {id} are filled in.
     runbook_url_template: str = "{dashboard}/incidents?runbook={id}"
     slack_bot_token: str | None = None  # no token: pages queue in the outbox, none are sent
@@ -64,6 +72,11 @@ class Settings(BaseSettings):
     page_flap_window_minutes: int = 120  # a reopened alert within this joins the old thread
     page_lookback_hours: int = 24  # alerts resolved before this are not paged any more
     paging_interval_seconds: int = 30
+    # Reliability. Of several scheduler processes one leads (monitors/leader.py); a standby
+    # polls the lock this often, so it takes over within this many seconds of a leader's death.
+    leader_poll_seconds: float = Field(default=5.0, gt=0)
+    # Drop-folder files larger than this are rejected whole with one clear error.
+    max_file_bytes: int = Field(default=2 * 1024**3, gt=0)
 
     @field_validator("database_url")
     @classmethod
