@@ -14,14 +14,17 @@ run in helper processes one chunk ahead of the transactions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import IO, Any, Generic, Protocol, TypeVar
 
@@ -29,6 +32,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from collectors.bulkload import bulk_load
 from collectors.contracts import ContractViolation, validation_context
 from store.bulk import insert_ignoring_conflicts, upsert
 from store.models import IngestCheckpoint, Quarantine, table_of, utcnow
@@ -173,8 +177,14 @@ class PreparedChunk:
     refused: list[tuple[int, ContractViolation, str]]  # unit number, why, redacted unit
 
 
-# A file this large is prepared in helper processes while the parent writes (see below).
+# A file this large is prepared in helper processes while the parent writes (see below), and
+# written with the store's bulk-load settings (`bulk_load`).
 HELPER_MIN_BYTES = 16 << 20
+# With helpers, a transaction's units arrive in this many smaller chunks: the parent starts
+# writing after one small chunk is prepared, not a whole transaction's worth.
+HELPER_SPLIT = 8
+# Prepared chunks a helper may hold ready while the parent is busy (committing, say).
+HELPER_AHEAD = 4
 
 
 def ingest_file(
@@ -188,22 +198,27 @@ def ingest_file(
     batch_units: int = BATCH_UNITS,
     progress: Callable[[int], None] | None = None,
     helper: bool | None = None,
+    opener: Callable[[Path], IO[bytes]] | None = None,
 ) -> IngestResult:
     """Ingest one file through `source` and `sink`, resuming from its checkpoint.
 
-    `progress` is called after each committed chunk with the bytes of the file it covered.
+    Each transaction holds `batch_units` units (the last fewer) and the checkpoint after them.
+    `progress` is called after each commit with the bytes of the file it covered.
     `helper`: decode and prepare the chunks in forked helper processes (two for line-framed
-    formats on more than two cores, else one), one chunk ahead of the transactions, so
-    validation and writing use two cores (None: for a large file, when a core is idle and
-    forking is safe; see `_helper_can_run`). Only this process writes, so a crash resumes
-    exactly as without it.
+    formats on more than two cores, else one), in chunks of a fraction of a transaction and a
+    few chunks ahead of the writing, so validation and writing use two cores (None: for a
+    large file, when a core is idle and forking is safe; see `_helper_can_run`). Only this
+    process writes, so a crash resumes exactly as without it. `opener` opens the file for
+    reading, here and in the helpers (default: a plain `open`; the drop folder's opener
+    refuses links).
     """
     path = Path(path)
+    opener = opener or _open_for_reading
     kind = kind or sink.kind
     result = IngestResult(path=path, kind=kind)
     key = str(path.resolve())
     try:
-        handle = path.open("rb")
+        handle = opener(path)
     except OSError as exc:
         raise FileUnreadable(path, f"cannot open: {exc.strerror or exc}") from exc
     with handle:
@@ -224,19 +239,34 @@ def ingest_file(
             # they have cores of their own: on two cores one helper keeps up with the writing
             # (measured: a second one only adds reading and contention).
             count = 2 if source.cheap_framing and (os.cpu_count() or 1) > 2 else 1
-            prepared = _prepared_by_helpers(path, source, sink, start, batch_units, now, count)
+            units = helper_chunk_units(batch_units)
+            prepared = _prepared_by_helpers(path, source, sink, start, units, now, count, opener)
         else:
             chunks = source.chunks(handle, start, batch_units)
             prepared = (prepare_chunk(source, sink, chunk, now()) for chunk in chunks)
-        done = 0
-        try:
-            for item in prepared:
-                _apply_chunk(engine, path, key, kind, source, sink, item, result)
-                if progress is not None:
-                    progress(item.chunk.end_byte - done)
-                done = item.chunk.end_byte
-        except OSError as exc:  # the file broke while being read: what was read is committed
-            raise FileUnreadable(path, f"read failed after {result.lines} units: {exc}") from exc
+        done = pending = 0
+        with contextlib.ExitStack() as stack:
+            conn = stack.enter_context(engine.connect())
+            if size >= HELPER_MIN_BYTES:
+                stack.enter_context(bulk_load(conn))
+            while True:
+                try:
+                    item = next(prepared, None)
+                except OSError as exc:  # the file broke while being read: what was read is kept
+                    conn.commit()
+                    problem = f"read failed after {result.lines} units: {exc}"
+                    raise FileUnreadable(path, problem) from exc
+                if item is None:
+                    break
+                _apply_chunk(conn, path, key, kind, source, sink, item, result)
+                pending += item.units
+                if pending >= batch_units or item.chunk.last:
+                    conn.commit()  # the chunks' rows, quarantine and checkpoint, all or nothing
+                    pending = 0
+                    if progress is not None:
+                        progress(item.chunk.end_byte - done)
+                    done = item.chunk.end_byte
+            conn.commit()
     logger.info(
         "%s: %d %ss, %d inserted, %d duplicates, %d quarantined",
         path.name,
@@ -247,6 +277,19 @@ def ingest_file(
         result.quarantined,
     )
     return result
+
+
+def _open_for_reading(path: Path) -> IO[bytes]:
+    return path.open("rb")
+
+
+def helper_chunk_units(batch_units: int) -> int:
+    """Units per chunk a helper prepares: the largest divisor of `batch_units` no more than a
+    `HELPER_SPLIT`th of it, so transactions still end where they would in one process."""
+    units = max(batch_units // HELPER_SPLIT, 1)
+    while batch_units % units:
+        units -= 1
+    return units
 
 
 def _helper_can_run() -> bool:
@@ -306,12 +349,14 @@ def _prepared_by_helpers(
     batch_units: int,
     now: Callable[[], datetime],
     count: int,
+    opener: Callable[[Path], IO[bytes]] = _open_for_reading,
 ) -> Iterator[PreparedChunk]:
     """Prepared chunks from `count` forked helper processes, in order.
 
     Every helper reads the whole file from `start` (its own handle and hash state), and
     decodes and prepares every `count`-th chunk: reading and hashing cost little next to
-    validation. Each is at most one chunk ahead of the parent, which takes them in turn.
+    validation. A thread of the helper sends the prepared chunks, so preparing goes on while
+    the parent is busy, up to `HELPER_AHEAD` chunks ahead; the parent takes them in turn.
     """
     context = multiprocessing.get_context("fork")
     pipes = [context.Pipe(duplex=False) for _ in range(count)]
@@ -321,21 +366,20 @@ def _prepared_by_helpers(
             receiver.close()
             if index != mine:
                 sender.close()
-        sender = pipes[mine][1]
+        outbox = _Outbox(pipes[mine][1])
         try:
-            with path.open("rb") as handle:
+            with opener(path) as handle:
                 for number, chunk in enumerate(source.chunks(handle, start, batch_units)):
                     if number % count == mine:
-                        sender.send(_packed(prepare_chunk(source, sink, chunk, now())))
-            sender.send(None)
-        except BrokenPipeError:  # the parent is gone: nothing to do
+                        outbox.put(_packed(prepare_chunk(source, sink, chunk, now())))
+            outbox.put(None)
+        except _ParentGone:
             pass
         except BaseException as exc:  # handed to the parent, which raises it
-            sender.send(
-                exc if isinstance(exc, FileUnreadable | OSError) else RuntimeError(repr(exc))
-            )
+            handed = exc if isinstance(exc, FileUnreadable | OSError) else RuntimeError(repr(exc))
+            outbox.put(handed)
         finally:
-            sender.close()
+            outbox.close()
 
     helpers = [
         context.Process(target=work, args=(mine,), name=f"vigil-collect-helper-{mine}", daemon=True)
@@ -368,6 +412,52 @@ def _prepared_by_helpers(
                 helper.kill()
 
 
+class _ParentGone(Exception):
+    """The parent stopped reading a helper's chunks."""
+
+
+class _Outbox:
+    """A helper's queue of prepared chunks, sent to the parent by a thread of its own (writing
+    to the pipe waits without holding the interpreter), at most `HELPER_AHEAD` waiting."""
+
+    def __init__(self, sender: Any) -> None:
+        self._sender = sender
+        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=HELPER_AHEAD)
+        self._gone = threading.Event()
+        self._thread = threading.Thread(target=self._send, name="vigil-helper-send", daemon=True)
+        self._thread.start()
+
+    def _send(self) -> None:
+        try:
+            while (data := self._queue.get()) is not None:
+                self._sender.send_bytes(data)
+        except OSError:  # a broken pipe: the parent is gone
+            self._gone.set()
+
+    def put(self, item: Any) -> None:
+        """Queue `item` for the parent (pickled here, as `Connection.send` would)."""
+        data = ForkingPickler.dumps(item)
+        while not self._gone.is_set():
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _ParentGone
+
+    def close(self) -> None:
+        """Send what is queued, then close the pipe."""
+        if not self._gone.is_set():
+            while self._thread.is_alive():
+                try:
+                    self._queue.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            self._thread.join()
+        self._sender.close()
+
+
 # Tuple rows cross from a helper process as MessagePack, at a fraction of pickle's cost (str,
 # int, float, bool and None come back as they went).
 _PACK = msgspec.msgpack.Encoder().encode
@@ -389,7 +479,7 @@ def _unpacked(item: PreparedChunk) -> PreparedChunk:
 
 
 def _apply_chunk(
-    engine: Engine,
+    conn: Connection,
     path: Path,
     key: str,
     kind: str,
@@ -398,44 +488,43 @@ def _apply_chunk(
     item: PreparedChunk,
     result: IngestResult,
 ) -> None:
-    """Write a prepared chunk's rows, its quarantined units and the file's checkpoint in one
-    transaction."""
+    """Write a prepared chunk's rows, its quarantined units and the file's checkpoint in the
+    transaction of `conn`."""
     chunk = item.chunk
     result.lines += item.units
     result.duplicates += item.prepared.duplicates
     refused = item.refused
-    with engine.begin() as conn:
-        for index, violation in sink.apply(conn, item.prepared, result):
-            refused.append((item.numbers[index], violation, source.redact(item.payloads[index])))
-        offsets = None
-        if chunk.offsets:
-            numbers = chunk.numbers or range(chunk.first, chunk.first + len(chunk.offsets))
-            offsets = dict(zip(numbers, chunk.offsets, strict=True))
-        rows = []
-        for number, violation, raw in refused:
-            where = f"{source.unit} {number}"
-            if offsets is not None:
-                where += f" at byte {offsets[number]}"
-            rows.append(_quarantine_row(kind, path, where, violation, raw))
-            result.count_reason(violation.reason)
-        insert_ignoring_conflicts(conn, QUARANTINE, rows)
-        upsert(
-            conn,
-            CHECKPOINTS,
-            [
-                {
-                    "path": key,
-                    "size": chunk.size,
-                    "content_hash": chunk.end.digest,
-                    "offset": chunk.end.offset,
-                    "lines": chunk.end.units,
-                    "complete": chunk.last,
-                    "updated_at": utcnow(),
-                }
-            ],
-            key=["path"],
-            update=["size", "content_hash", "offset", "lines", "complete", "updated_at"],
-        )
+    for index, violation in sink.apply(conn, item.prepared, result):
+        refused.append((item.numbers[index], violation, source.redact(item.payloads[index])))
+    offsets = None
+    if chunk.offsets:
+        numbers = chunk.numbers or range(chunk.first, chunk.first + len(chunk.offsets))
+        offsets = dict(zip(numbers, chunk.offsets, strict=True))
+    rows = []
+    for number, violation, raw in refused:
+        where = f"{source.unit} {number}"
+        if offsets is not None:
+            where += f" at byte {offsets[number]}"
+        rows.append(_quarantine_row(kind, path, where, violation, raw))
+        result.count_reason(violation.reason)
+    insert_ignoring_conflicts(conn, QUARANTINE, rows)
+    upsert(
+        conn,
+        CHECKPOINTS,
+        [
+            {
+                "path": key,
+                "size": chunk.size,
+                "content_hash": chunk.end.digest,
+                "offset": chunk.end.offset,
+                "lines": chunk.end.units,
+                "complete": chunk.last,
+                "updated_at": utcnow(),
+            }
+        ],
+        key=["path"],
+        update=["size", "content_hash", "offset", "lines", "complete", "updated_at"],
+    )
 
 
 def _quarantine_row(

@@ -7,15 +7,18 @@ A file's name says what it holds: `<source>-<anything>.<extension>` (see `SOURCE
 
 from __future__ import annotations
 
+import errno
+import functools
 import itertools
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -183,11 +186,13 @@ def collect_files(
     progress: Callable[[int], None] | None = None,
     helper: bool | None = None,
     max_file_bytes: int | None = None,
+    opener: Callable[[Path], IO[bytes]] | None = None,
 ) -> Iterator[IngestResult | FileUnreadable]:
     """Ingest each file; an unreadable file is reported and skipped, the others still land.
 
     `helper`: prepare chunks in helper processes (None: for large files; see `ingest_file`).
     `max_file_bytes`: larger files are refused whole (default: VIGIL_MAX_FILE_BYTES).
+    `opener`: how each file is opened (default: a plain open; see `open_in_inbox`).
     """
     registry = RegistryLookup.load(engine)
     timezones = site_timezones(engine)
@@ -207,6 +212,7 @@ def collect_files(
                 batch_units=batch_units,
                 progress=progress,
                 helper=helper,
+                opener=opener,
             )
         except FileUnreadable as exc:
             logger.error("%s", exc)
@@ -214,6 +220,10 @@ def collect_files(
         if on_file is not None:
             on_file(path, outcome)
         yield outcome
+
+
+_LINK = "a symbolic link: the drop folder takes regular files only (not followed)"
+_HARD_LINK = "a hard link: the drop folder takes regular files only (not read)"
 
 
 def unsafe_entries(inbox: Path) -> list[FileUnreadable]:
@@ -224,19 +234,63 @@ def unsafe_entries(inbox: Path) -> list[FileUnreadable]:
         for name in sorted(folders + files):
             path = Path(root) / name
             if path.is_symlink():
-                found.append(
-                    FileUnreadable(
-                        path,
-                        "a symbolic link: the drop folder takes regular files only (not followed)",
-                    )
-                )
+                found.append(FileUnreadable(path, _LINK))
             elif name in files and path.stat().st_nlink > 1:
-                found.append(
-                    FileUnreadable(
-                        path, "a hard link: the drop folder takes regular files only (not read)"
-                    )
-                )
+                found.append(FileUnreadable(path, _HARD_LINK))
     return found
+
+
+def open_in_inbox(path: Path, inbox: Path) -> IO[bytes]:
+    """Open a drop-folder file for reading without following a link anywhere below the inbox.
+
+    `unsafe_entries` refuses links before anything is read, but a link can be swapped in
+    between that look and the open. So each folder below the inbox, and then the file, is
+    opened relative to the one above with O_NOFOLLOW (a link there fails to open), and the
+    opened descriptor itself must be a regular file with a single link (fstat, not the path).
+    O_NONBLOCK keeps a FIFO swapped in from blocking the open; it is cleared after the check.
+    """
+    parts = Path(os.path.relpath(path, inbox)).parts
+    if not parts or parts[0] == os.pardir:
+        raise FileUnreadable(path, "not inside the drop folder (not read)")
+    folder = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            below = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder
+            )
+            os.close(folder)
+            folder = below
+        fd = os.open(
+            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
+        )
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link where a file or folder was
+            raise FileUnreadable(path, _LINK) from exc
+        raise FileUnreadable(path, f"cannot open: {exc.strerror or exc}") from exc
+    finally:
+        os.close(folder)
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise FileUnreadable(path, "not a regular file: the drop folder takes files only")
+        if opened.st_nlink > 1:
+            raise FileUnreadable(path, _HARD_LINK)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _first_link(path: Path, inbox: Path) -> Path:
+    """The first folder below the inbox on the way to `path` that is a symbolic link, or `path`
+    itself (a link or not)."""
+    here = inbox
+    for part in Path(os.path.relpath(path, inbox)).parts[:-1]:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return path
 
 
 def _inside(path: Path, inbox: Path) -> bool:
@@ -255,7 +309,8 @@ def collect_inbox(
     """Ingest every file in the drop folder, then move each finished file out of it.
 
     Unreadable files go to `<processed>/rejected/`, the others to `<processed>/<date>/`.
-    Links (symbolic or hard) are never read: they are moved to `rejected/` as links.
+    Links (symbolic or hard) are never read: they are moved to `rejected/` as links, also when
+    one replaces a file after the folder was listed (`open_in_inbox`).
     """
     if not inbox.exists():
         return []
@@ -268,12 +323,26 @@ def collect_inbox(
         for p in expand([inbox])
         if p not in skipped and not any(s in p.parents for s in skipped) and _inside(p, inbox)
     ]
-    ingested = collect_files(engine, files, secret=secret, now=now, max_file_bytes=max_file_bytes)
+    ingested = collect_files(
+        engine,
+        files,
+        secret=secret,
+        now=now,
+        max_file_bytes=max_file_bytes,
+        opener=functools.partial(open_in_inbox, inbox=inbox),
+    )
     results: list[IngestResult | FileUnreadable] = []
     for outcome in itertools.chain(unsafe, ingested):
         results.append(outcome)
-        path = outcome.path
-        sub = "rejected" if isinstance(outcome, FileUnreadable) else utcnow().strftime("%Y-%m-%d")
+        # A folder on the path swapped for a link: move the link, never what it points to.
+        path = _first_link(outcome.path, inbox)
+        if not os.path.lexists(path):  # a link already moved for an earlier file below it
+            continue
+        sub = (
+            "rejected"
+            if isinstance(outcome, FileUnreadable) or path != outcome.path
+            else utcnow().strftime("%Y-%m-%d")
+        )
         target = processed / sub / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         serial = 1

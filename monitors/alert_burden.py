@@ -36,10 +36,13 @@ is flagged within its first 3 hours, asserted in tests/monitors/test_operational
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -73,8 +76,11 @@ MONITOR = "alert_burden"
 METRIC = "shown_alert_rate"
 RUNBOOK = "alert-volume"
 WM_ROLLUP = "alert_burden.rollup_updated_at"
-HOURS_PER_CHUNK = 200
-ENCOUNTERS_PER_QUERY = 500
+HOURS_PER_CHUNK = 720  # hours recounted and written at a time
+PATIENTS_PER_QUERY = 500
+STREAM_ROWS = 20_000  # rows held from the database cursor at a time
+LOOKBACK_SNOOZES = 2  # first lookback before a run of hours, in snooze periods
+LOOKBACK_ROUNDS = 6  # longer lookbacks (each twice the last) before reading without a bound
 
 AB = table_of(AlertBurdenHour)
 P = table_of(Prediction)
@@ -285,6 +291,220 @@ def by_unit_and_shift(
 
 
 # ---------------------------------------------------------------- the hourly table
+#
+# Recounting an hour needs each alerting patient's earlier alerts, because whether an alert is
+# shown depends on the patient's last *shown* alert. That chain has a bounded memory: an alert
+# at least `snooze` after the patient's previous alert is shown whatever came before it, and
+# nothing after it depends on anything before it (a reset). So a replay that starts anywhere
+# gives the true flags from its first reset on, and a patient's alerts are read only back to a
+# lookback that contains such a reset (`first_reset`); the few patients without one are read
+# again with a longer lookback, and at last with none.
+
+
+def first_reset(times: Sequence[int], since: int | None, snooze_seconds: float) -> int | None:
+    """Index of the first of one patient's alerts (epoch seconds, sorted, those at or after
+    `since`) whose flag does not depend on the alerts before `since`; None if there is none.
+
+    With `since` None the list is the patient's whole history and the first alert is a reset.
+    The first listed alert is a reset when it is at least `snooze` after `since`: its unlisted
+    predecessor, if any, is earlier than `since`.
+    """
+    previous = since
+    for i, t in enumerate(times):
+        if previous is None or t - previous >= snooze_seconds:
+            return i
+        previous = t
+    return None
+
+
+CountKey = tuple[int, str, str, int]  # site, unit, arm, hour
+# One alert as read for the replay: (encounter_key, epoch seconds, site_id, unit, arm, hour).
+AlertRow = tuple[str, int, int, str, str, int]
+
+
+def tally_patient(
+    alerts: Sequence[AlertRow],
+    *,
+    snooze_seconds: float,
+    since: int | None,
+    wanted: set[int],
+    counts: dict[CountKey, list[int]],
+) -> bool:
+    """Add one patient's alerting and shown alerts in the `wanted` hours to `counts`.
+
+    `alerts`: the patient's alerts sorted by time, every one from `since` (epoch seconds;
+    None: the whole history) to the last wanted hour. Returns False, counting nothing, when
+    they do not decide the wanted flags.
+    """
+    first_wanted = next((i for i, a in enumerate(alerts) if a[5] in wanted), None)
+    if first_wanted is None:
+        return True
+    times = [a[1] for a in alerts]
+    reset = first_reset(times, since, snooze_seconds)
+    if reset is None or reset > first_wanted:
+        return False
+    flags = shown_alerts(times[reset:], snooze_seconds)
+    for (_, _, site_id, unit, arm, hour), shown in zip(alerts[reset:], flags, strict=True):
+        if hour in wanted:
+            slot = counts.setdefault((site_id, unit, arm, hour), [0, 0])
+            slot[0] += 1
+            slot[1] += shown
+    return True
+
+
+def clusters(hours: Sequence[int], *, gap: int, limit: int) -> list[list[int]]:
+    """Sorted distinct hours split where two are more than `gap` apart, at most `limit` each."""
+    out: list[list[int]] = []
+    for hour in sorted(set(hours)):
+        if out and hour - out[-1][-1] <= gap and len(out[-1]) < limit:
+            out[-1].append(hour)
+        else:
+            out.append([hour])
+    return out
+
+
+def lookback_hours(snooze_seconds: float) -> list[int | None]:
+    """Successive lookbacks (hours before a chunk's first hour) for patients not yet decided."""
+    first = max(1, math.ceil(LOOKBACK_SNOOZES * snooze_seconds / 3600.0))
+    return [first * 2**i for i in range(LOOKBACK_ROUNDS)] + [None]
+
+
+def _epoch_seconds_sql(dialect: str) -> Any:
+    """`epoch_seconds(scored_at)` computed by the database (whole seconds, floored): reading
+    timestamps as Python datetimes would cost more than the replay itself."""
+    if dialect == "sqlite":  # stored as naive UTC text
+        return sa.cast(sa.func.strftime("%s", P.c.scored_at), sa.BigInteger)
+    return sa.cast(sa.func.floor(sa.extract("epoch", P.c.scored_at)), sa.BigInteger)
+
+
+# The alert index's order, so no sort is needed. Alerts equal in all of these are counted
+# alike in whichever order they come.
+ALERT_ORDER = (P.c.encounter_key, P.c.scored_at, P.c.scored_hour, P.c.site_id, P.c.unit, P.c.arm)
+
+
+def _alert_columns(dialect: str) -> tuple[Any, ...]:
+    """The columns of an AlertRow."""
+    return (
+        P.c.encounter_key,
+        _epoch_seconds_sql(dialect).label("t"),
+        P.c.site_id,
+        P.c.unit,
+        P.c.arm,
+        P.c.scored_hour,
+    )
+
+
+def _tally_stream(
+    rows: Iterable[AlertRow],
+    *,
+    snooze_seconds: float,
+    since: int | None,
+    wanted: set[int],
+    counts: dict[CountKey, list[int]],
+) -> list[str]:
+    """Tally rows ordered by (encounter_key, scored_at); the patients left undecided."""
+    undecided = []
+    for key, group in itertools.groupby(rows, key=itemgetter(0)):
+        alerts = list(group)
+        if not tally_patient(
+            alerts, snooze_seconds=snooze_seconds, since=since, wanted=wanted, counts=counts
+        ):
+            undecided.append(key)
+    return undecided
+
+
+def _range_alerts_query(
+    dialect: str, model_id: int, first_hour: int, last_hour: int
+) -> sa.Select[Any]:
+    """Every alert of the model in [first_hour, last_hour], patient by patient, in the order
+    of the covering alert index, which holds every column read: one sequential pass, no sort
+    and no table reads. (`scored_hour + 0` keeps the planner off the hour index, whose table
+    reads in scattered order cost far more.)"""
+    hour = P.c.scored_hour + 0
+    return (
+        sa.select(*_alert_columns(dialect))
+        .where(P.c.model_id == model_id, P.c.alert, hour >= first_hour, hour <= last_hour)
+        .order_by(*ALERT_ORDER)
+    )
+
+
+def _range_alerts(conn: Connection, model_id: int, first_hour: int, last_hour: int) -> Any:
+    """The rows of `_range_alerts_query`, streamed from the database (a server-side cursor on
+    PostgreSQL) in batches of STREAM_ROWS: memory holds one batch, not the run."""
+    query = _range_alerts_query(conn.dialect.name, model_id, first_hour, last_hour)
+    return conn.execute(query.execution_options(yield_per=STREAM_ROWS))
+
+
+def _alerting_patients(conn: Connection, model_id: int, hours: Sequence[int]) -> list[str]:
+    return sorted(
+        conn.execute(
+            sa.select(P.c.encounter_key)
+            .where(P.c.model_id == model_id, P.c.scored_hour.in_(hours), P.c.alert)
+            .distinct()
+        ).scalars()
+    )
+
+
+def _patients_alerts_query(
+    dialect: str, model_id: int, keys: Sequence[str], since: int | None, last_hour: int
+) -> sa.Select[Any]:
+    """The alerts of some patients from `since` (epoch seconds) to `last_hour`, through the
+    partial index of alerts by (model, patient, time)."""
+    query = (
+        sa.select(*_alert_columns(dialect))
+        .where(
+            P.c.model_id == model_id,
+            P.c.alert,
+            P.c.encounter_key.in_(keys),
+            P.c.scored_at < EPOCH + timedelta(hours=last_hour + 1),
+        )
+        .order_by(*ALERT_ORDER)
+    )
+    if since is not None:
+        query = query.where(P.c.scored_at >= EPOCH + timedelta(seconds=since))
+    return query
+
+
+def count_alert_hours(
+    conn: Connection, model_id: int, hours: Sequence[int], *, snooze_seconds: float
+) -> dict[CountKey, list[int]]:
+    """[alerting, shown] per (site, unit, arm, hour) of one run of nearby `hours`.
+
+    Many hours: one ordered pass over the model's alerts from a lookback before the first
+    hour. A few: only the patients alerting in them, through the partial alert index. Either
+    way, patients whose lookback holds no reset are read again further back.
+    """
+    wanted = set(hours)
+    first, last = min(hours), max(hours)
+    counts: dict[CountKey, list[int]] = {}
+    lookbacks = lookback_hours(snooze_seconds)
+    if len(wanted) >= (lookbacks[0] or 0):
+        start = first - (lookbacks[0] or 0)
+        undecided = _tally_stream(
+            _range_alerts(conn, model_id, start, last),
+            snooze_seconds=snooze_seconds,
+            since=start * 3600,
+            wanted=wanted,
+            counts=counts,
+        )
+        lookbacks = lookbacks[1:]
+    else:
+        undecided = _alerting_patients(conn, model_id, hours)
+    for back in lookbacks:
+        if not undecided:
+            break
+        since = None if back is None else (first - back) * 3600
+        left: list[str] = []
+        for i in range(0, len(undecided), PATIENTS_PER_QUERY):
+            keys = undecided[i : i + PATIENTS_PER_QUERY]
+            query = _patients_alerts_query(conn.dialect.name, model_id, keys, since, last)
+            rows = conn.execute(query)
+            left += _tally_stream(
+                rows, snooze_seconds=snooze_seconds, since=since, wanted=wanted, counts=counts
+            )
+        undecided = left
+    assert not undecided, "a replay without a lower bound decides every patient"
+    return counts
 
 
 def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[list[int], datetime]:
@@ -300,51 +520,17 @@ def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[li
 def rebuild_alert_hours(
     conn: Connection, model: Model, hours: Sequence[int], *, snooze_hours: float, now: datetime
 ) -> int:
-    """Recount alerting and shown alerts of `hours` for one model from raw predictions."""
+    """Recount alerting and shown alerts of `hours` for one model from raw predictions.
+
+    Hours are recounted in runs of nearby hours (at most HOURS_PER_CHUNK each), each written
+    before the next is read, so memory holds one run's counts and one batch of rows.
+    """
+    assert model.id is not None
     snooze = snooze_hours * 3600.0
+    gap = lookback_hours(snooze)[0] or 1
     written = 0
-    ordered = sorted(set(hours))
-    for start in range(0, len(ordered), HOURS_PER_CHUNK):
-        chunk = ordered[start : start + HOURS_PER_CHUNK]
-        encounters = list(
-            conn.execute(
-                sa.select(P.c.encounter_key)
-                .where(P.c.model_id == model.id, P.c.scored_hour.in_(chunk), P.c.alert)
-                .distinct()
-            ).scalars()
-        )
-        rows: list[Any] = []
-        for i in range(0, len(encounters), ENCOUNTERS_PER_QUERY):
-            rows += conn.execute(
-                sa.select(
-                    P.c.encounter_key,
-                    P.c.site_id,
-                    P.c.unit,
-                    P.c.arm,
-                    P.c.scored_at,
-                    P.c.scored_hour,
-                ).where(
-                    P.c.model_id == model.id,
-                    P.c.alert,
-                    P.c.encounter_key.in_(encounters[i : i + ENCOUNTERS_PER_QUERY]),
-                    P.c.scored_hour <= chunk[-1],
-                )
-            ).all()
-        counts: dict[tuple[int, str, str, int], list[int]] = {}
-        wanted = set(chunk)
-        by_encounter: dict[str, list[Any]] = {}
-        for row in rows:
-            by_encounter.setdefault(row.encounter_key, []).append(row)
-        for alerts in by_encounter.values():
-            alerts.sort(key=lambda r: r.scored_at)
-            flags = shown_alerts([epoch_seconds(r.scored_at) for r in alerts], snooze)
-            for row, shown in zip(alerts, flags, strict=True):
-                if row.scored_hour not in wanted:
-                    continue
-                key = (row.site_id, row.unit, row.arm, row.scored_hour)
-                slot = counts.setdefault(key, [0, 0])
-                slot[0] += 1
-                slot[1] += int(shown)
+    for chunk in clusters(hours, gap=gap, limit=HOURS_PER_CHUNK):
+        counts = count_alert_hours(conn, model.id, chunk, snooze_seconds=snooze)
         conn.execute(sa.delete(AB).where(AB.c.model_id == model.id, AB.c.hour.in_(chunk)))
         if counts:
             conn.execute(

@@ -88,18 +88,50 @@ class Changed:
     updated_at: datetime
 
 
+def model_hours(
+    table: sa.Table, model_id: int | None, site_ids: Iterable[int], first_hour: int, end_hour: int
+) -> sa.ColumnElement[bool]:
+    """Rows of one model at `site_ids` in hours [first_hour, end_hour), as index ranges.
+
+    The rollup indexes are (model_id, site_id, hour): without the site in the condition, an hour
+    range is a filter over the model's whole index range, which grows with history; with it,
+    it is one range per site.
+    """
+    return sa.and_(
+        table.c.model_id == model_id,
+        table.c.site_id.in_(sorted(set(site_ids))),
+        table.c.hour >= first_hour,
+        table.c.hour < end_hour,
+    )
+
+
+def _sites(conn: Connection, site_id: int | None) -> list[int]:
+    return [site_id] if site_id is not None else sorted(load_sites(conn))
+
+
+def unindexed(column: Any) -> Any:
+    """`column + 0`, inline: the same value, but no index on the column can provide it.
+
+    Grouping rollups by the bare (model_id, site_id) lets SQLite walk the (model_id, site_id,
+    hour) index for its order and filter every row of the history; grouping by this instead
+    leaves it the index of the WHERE clause (e.g. updated_at), which finds only new rows.
+    """
+    return (column + sa.literal_column("0")).label(column.name)
+
+
 def changed_since(conn: Connection, watermark: datetime) -> list[Changed]:
     """Model x site hour ranges with rollups newer than the watermark (the index on updated_at)."""
+    model_id, site_id = unindexed(R.c.model_id), unindexed(R.c.site_id)
     rows = conn.execute(
         sa.select(
-            R.c.model_id,
-            R.c.site_id,
+            model_id,
+            site_id,
             sa.func.min(R.c.hour),
             sa.func.max(R.c.hour),
             sa.func.max(R.c.updated_at),
         )
         .where(R.c.updated_at > watermark)
-        .group_by(R.c.model_id, R.c.site_id)
+        .group_by(model_id, site_id)
     ).all()
     return [Changed(int(m), int(s), int(a), int(b), u) for m, s, a, b, u in rows]
 
@@ -136,15 +168,9 @@ def daily_bins(
             sa.func.sum(H.c.sum_p_settled).label("sum_p_settled"),
             sa.func.sum(H.c.sum_logit_settled).label("sum_logit_settled"),
         )
-        .where(
-            H.c.model_id == model_id,
-            H.c.hour >= first_day * 24,
-            H.c.hour < (last_day + 1) * 24,
-        )
+        .where(model_hours(H, model_id, _sites(conn, site_id), first_day * 24, (last_day + 1) * 24))
         .group_by(H.c.site_id, period, H.c.bin)
     )
-    if site_id is not None:
-        query = query.where(H.c.site_id == site_id)
     return pd.DataFrame(
         conn.execute(query).all(), columns=["site_id", "period", "bin", *BIN_FIELDS]
     )
@@ -162,15 +188,9 @@ def daily_sums(
     day = (R.c.hour // 24).label("period")
     query = (
         sa.select(R.c.site_id, day, *[sa.func.sum(R.c[f]).label(f) for f in SUM_FIELDS])
-        .where(
-            R.c.model_id == model_id,
-            R.c.hour >= first_day * 24,
-            R.c.hour < (last_day + 1) * 24,
-        )
+        .where(model_hours(R, model_id, _sites(conn, site_id), first_day * 24, (last_day + 1) * 24))
         .group_by(R.c.site_id, day)
     )
-    if site_id is not None:
-        query = query.where(R.c.site_id == site_id)
     return pd.DataFrame(conn.execute(query).all(), columns=["site_id", "period", *SUM_FIELDS])
 
 
@@ -276,15 +296,9 @@ def daily_inputs(
     day = (I.c.hour // 24).label("period")
     query = (
         sa.select(I.c.site_id, day, I.c.feature, I.c.bin, sa.func.sum(I.c.n).label("n"))
-        .where(
-            I.c.model_id == model_id,
-            I.c.hour >= first_day * 24,
-            I.c.hour < (last_day + 1) * 24,
-        )
+        .where(model_hours(I, model_id, _sites(conn, site_id), first_day * 24, (last_day + 1) * 24))
         .group_by(I.c.site_id, day, I.c.feature, I.c.bin)
     )
-    if site_id is not None:
-        query = query.where(I.c.site_id == site_id)
     return pd.DataFrame(
         conn.execute(query).all(), columns=["site_id", "period", "feature", "bin", "n"]
     )

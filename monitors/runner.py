@@ -19,6 +19,7 @@ from monitors.observed_expected import (
     observed_to_expected,
     rule_text,
 )
+from monitors.rollup_io import load_sites, model_hours, unindexed
 from store.bulk import upsert
 from store.models import MetricPoint, Model, PredictionRollup, Site, table_of, utcnow
 from store.rollups import get_state, set_state
@@ -92,11 +93,7 @@ def _daily_settled_counts(
             sa.func.sum(R.c.n_positive).label("observed"),
             sa.func.sum(R.c.sum_p_settled).label("expected"),
         )
-        .where(
-            R.c.model_id == model_id,
-            R.c.hour >= first_day * 24,
-            R.c.hour < (last_day + 1) * 24,
-        )
+        .where(model_hours(R, model_id, load_sites(conn), first_day * 24, (last_day + 1) * 24))
         .group_by(R.c.site_id, day)
     )
     return pd.DataFrame(conn.execute(query).mappings().all())
@@ -172,15 +169,16 @@ def run_observed_expected(
     all_results: list[MonitorResult] = []
     with engine.begin() as conn:
         watermark = datetime.fromisoformat(get_state(conn, wm_key, EPOCH.isoformat()))
+        model_column = unindexed(R.c.model_id)  # the updated_at index, not the model's
         changed = conn.execute(
             sa.select(
-                R.c.model_id,
+                model_column,
                 sa.func.min(R.c.hour),
                 sa.func.max(R.c.hour),
                 sa.func.max(R.c.updated_at),
             )
             .where(R.c.updated_at > watermark)
-            .group_by(R.c.model_id)
+            .group_by(model_column)
         ).all()
         if not changed:
             return []

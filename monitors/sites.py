@@ -17,6 +17,7 @@ limits and the heterogeneity test use the same design effect as the O:E monitor.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ from monitors.base import MonitorResult, Status
 from monitors.config import MonitorConfig
 from monitors.durations import EPOCH, epoch_seconds
 from monitors.observed_expected import design_effect_for, observed_to_expected
+from monitors.rollup_io import (
+    changed_since,
+    load_sites,
+    model_hours,
+    read_watermark,
+    write_watermark,
+)
 from monitors.runner import write_results
 from store.models import (
     Deployment,
@@ -44,6 +52,7 @@ from store.models import (
     table_of,
     utcnow,
 )
+from store.rollups import get_state, set_state
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +210,7 @@ def read_site_counts(
             sa.func.sum(R.c.n_alert_positive),
             sa.func.sum(R.c.n_degraded),
         )
-        .where(R.c.model_id == model_id, R.c.hour >= first, R.c.hour < last)
+        .where(model_hours(R, model_id, load_sites(conn), first, last))
         .group_by(R.c.site_id)
     ).all()
     return pd.DataFrame([tuple(r) for r in rows], columns=columns).fillna(0)
@@ -214,7 +223,7 @@ def read_input_mix(
     first, last = epoch_seconds(start) // 3600, epoch_seconds(end) // 3600
     rows = conn.execute(
         sa.select(IH.c.site_id, IH.c.feature, IH.c.bin, sa.func.sum(IH.c.n))
-        .where(IH.c.model_id == model.id, IH.c.hour >= first, IH.c.hour < last)
+        .where(model_hours(IH, model.id, load_sites(conn), first, last))
         .group_by(IH.c.site_id, IH.c.feature, IH.c.bin)
     ).all()
     specs = {name: list(spec["edges"]) for name, spec in (model.inputs or {}).items()}
@@ -346,6 +355,17 @@ def site_results(
     return results
 
 
+def _inputs_digest(
+    window: tuple[datetime, datetime],
+    cfg: SiteComparisonConfig,
+    deployed: set[int],
+    codes: dict[int, str],
+) -> str:
+    """A digest of everything a model's comparison depends on besides its rollups."""
+    text = repr((window, cfg, sorted(deployed), sorted(codes.items())))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def run_site_comparison(
     engine: Engine, config: MonitorConfig, now: datetime | None = None
 ) -> list[MonitorResult]:
@@ -359,6 +379,8 @@ def run_site_comparison(
         ]
         S, D = table_of(Site), table_of(Deployment)
         codes = dict(conn.execute(sa.select(S.c.id, S.c.code)).all())
+        watermark = read_watermark(conn, MONITOR)
+        changed = changed_since(conn, watermark)
         for model in models:
             assert model.id is not None
             cfg = config.for_monitor(MONITOR, SiteComparisonConfig, model=model.name)
@@ -366,6 +388,18 @@ def run_site_comparison(
                 conn.execute(sa.select(D.c.site_id).where(D.c.model_id == model.id)).scalars()
             )
             window = comparison_window(model, now, cfg.window_days)
+            # A model whose window, settings, sites and rollups in the window are as at its
+            # last comparison keeps that comparison's points (the window moves once a day).
+            inputs_key = f"monitor.{MONITOR}.inputs.{model.id}"
+            inputs = _inputs_digest(window, cfg, deployed, codes)
+            first, last = (epoch_seconds(w) // 3600 for w in window)
+            touched = any(
+                c.model_id == model.id and c.first_hour < last and c.last_hour >= first
+                for c in changed
+            )
+            if not touched and get_state(conn, inputs_key, "") == inputs:
+                continue
+            set_state(conn, inputs_key, inputs)
             counts = read_site_counts(conn, model.id, *window)
             counts = counts[counts["site_id"].isin(deployed)]
             if counts.empty:
@@ -386,5 +420,7 @@ def run_site_comparison(
                 config=cfg,
             )
         write_results(conn, results, now=now)
+        if changed:
+            write_watermark(conn, MONITOR, max(c.updated_at for c in changed))
     logger.info("site_comparison: %d points", len(results))
     return results

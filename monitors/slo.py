@@ -47,6 +47,7 @@ from monitors.durations import (
     from_epoch,
     parse_duration,
 )
+from monitors.rollup_io import load_sites, model_hours
 from monitors.runner import write_results
 from store.models import Deployment, Model, Prediction, PredictionRollup, Site, table_of, utcnow
 
@@ -395,9 +396,9 @@ def _read_counts(
                 sa.func.sum(R.c.n_error + R.c.n_timeout).label("n_failed"),
             )
             .where(
-                R.c.model_id == model.id,
-                R.c.hour >= first_hour,
-                R.c.hour < epoch_seconds(hour_now) // 3600,
+                model_hours(
+                    R, model.id, load_sites(conn), first_hour, epoch_seconds(hour_now) // 3600
+                )
             )
             .group_by(R.c.site_id, R.c.hour)
         )

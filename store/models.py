@@ -147,6 +147,27 @@ class Prediction(SQLModel, table=True):
             sqlite_where=sa.text("label IS NULL"),
             postgresql_where=sa.text("label IS NULL"),
         ),
+        sa.Index(  # alert burden: a patient's earlier alerts, covering (migration 0007)
+            "ix_prediction_alerts",
+            "model_id",
+            "encounter_key",
+            "scored_at",
+            "scored_hour",
+            "site_id",
+            "unit",
+            "arm",
+            "alert",  # SQLite counts an index as covering only if it holds every column named
+            sqlite_where=sa.text("alert = 1"),
+            postgresql_where=sa.text("alert"),
+        ),
+        # This run's settlements (settled_at = the run's time). Partial: a new prediction is
+        # pending, so inserting it leaves this index alone (migration 0007_ingest).
+        sa.Index(
+            "ix_prediction_settled",
+            "settled_at",
+            sqlite_where=sa.text("settled_at IS NOT NULL"),
+            postgresql_where=sa.text("settled_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
@@ -174,7 +195,7 @@ class Prediction(SQLModel, table=True):
     inputs: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     content_hash: str = Field(max_length=32)
     label: int | None = None  # 1 outcome within horizon, 0 settled negative, NULL pending
-    settled_at: datetime | None = ts_field(nullable=True, index=True)
+    settled_at: datetime | None = ts_field(nullable=True)
     ingested_at: datetime = ts_field(default_now=True)
 
 
@@ -200,7 +221,7 @@ class Encounter(SQLModel, table=True):
     site_id: int = Field(foreign_key="site.id")
     unit: str = Field(default="", max_length=32)
     admitted_at: datetime | None = ts_field(nullable=True)
-    discharged_at: datetime = ts_field()
+    discharged_at: datetime = ts_field(index=True)  # closures due by time, for settlement
     recorded_at: datetime = ts_field()
     ingested_at: datetime = ts_field(default_now=True, index=True)
 

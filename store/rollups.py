@@ -6,10 +6,16 @@ may still be recorded until then), or when the encounter closed before `horizon_
 closure is older than the label lag; pending otherwise. A late outcome flips a settled
 negative to positive. Every prediction whose label changes gets `settled_at` = this run.
 
-Rollups: every (model, hour) touched by new predictions or by this run's settlement is
-recomputed from its raw rows with GROUP BY in the database (prediction counts per unit and
-arm, score, latency and input histograms); monitors read only rollups. Other jobs that change
-raw rows (e.g. marking predictions degraded) call `rebuild_hours` for the hours they touched.
+Closures are found by the closures themselves, not by the pending predictions: those that
+arrived since the last run, and those whose label lag passed since the last run's cutoff.
+
+Rollups: every (model, hour) with new predictions is recomputed from its raw rows with GROUP BY
+in the database (prediction counts per unit and arm, score and latency histograms; the inputs'
+histograms are counted from the same rows). An hour that only had labels settled is not
+re-read: the settled rows' contribution to the label columns is added to its rollup and
+score-histogram rows (minus what a flipped negative contributed before). Monitors read only
+rollups. Other jobs that change raw rows (e.g. marking predictions degraded) call
+`rebuild_hours` for the hours they touched.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -36,6 +42,7 @@ from store.models import (
     Prediction,
     PredictionRollup,
     ScoreHistogram,
+    Site,
     table_of,
     utcnow,
 )
@@ -53,6 +60,9 @@ J = table_of(JobState)
 
 WM_PREDICTION = "rollup.prediction_id"
 WM_OUTCOME = "rollup.outcome_id"
+WM_ENCOUNTER = "rollup.encounter_id"
+LAST_RUN = "rollup.settled_at"  # `now` of the last refresh: settled_at stamps after it are new
+CLOSURE_CUTOFF = "rollup.closure_cutoff.{model_id}"  # closures before it were settled
 HOURS_PER_STATEMENT = 400
 
 
@@ -62,6 +72,7 @@ class RefreshResult:
     settled_positive: int = 0
     settled_negative: int = 0
     hours_rebuilt: int = 0
+    hours_updated: int = 0  # hours whose label sums were updated in place, not rebuilt
 
 
 def get_state(conn: Connection, key: str, default: str = "0") -> str:
@@ -87,34 +98,57 @@ def _outcome_within_horizon(outcome: str) -> Any:
     )
 
 
+@dataclass
+class Settlement:
+    """What one model's settlement did: counts, and what flipped rows contributed before."""
+
+    positive: int = 0
+    negative: int = 0
+    flipped_sums: list[Any] = field(default_factory=list)  # label sums of flipped negatives
+    flipped_bins: list[Any] = field(default_factory=list)
+
+
 def settle_labels(
-    conn: Connection, model: Model, *, now: datetime, wm_prediction: int, wm_outcome: int
-) -> tuple[int, int]:
-    """Settle what can be settled for one model; returns (newly positive, newly negative)."""
+    conn: Connection,
+    model: Model,
+    *,
+    now: datetime,
+    wm_prediction: int,
+    wm_outcome: int,
+    wm_encounter: int = 0,
+    closure_cutoff: datetime | None = None,
+) -> Settlement:
+    """Settle what can be settled for one model.
+
+    Closures considered are those with id above `wm_encounter` and those discharged at or
+    after `closure_cutoff` (the previous run's cutoff); with no cutoff, every closure.
+    """
     assert model.id is not None
+    done = Settlement()
     within = _outcome_within_horizon(model.outcome)
     new_outcome_keys = sa.select(O.c.encounter_key).where(
         O.c.id > wm_outcome, O.c.outcome == model.outcome
     )
-    positive = conn.execute(
+    # `+ 0` keeps the planner off the model_id indexes (which would scan the model's whole
+    # history): the few encounters with new outcomes (or closures) drive these updates.
+    by_new_outcome = sa.and_(
+        (P.c.model_id + 0) == model.id, P.c.encounter_key.in_(new_outcome_keys), within
+    )
+    flipped = sa.and_(by_new_outcome, P.c.label == 0)
+    done.flipped_sums = list(conn.execute(_label_sums_select(model, flipped)).all())
+    done.flipped_bins = list(conn.execute(_label_bins_select(model, flipped)).all())
+    done.positive = conn.execute(
         sa.update(P)
-        .where(
-            # `+ 0` keeps the planner off the model_id indexes (which would scan the model's
-            # whole history): the few encounters with new outcomes drive this update.
-            (P.c.model_id + 0) == model.id,
-            sa.or_(P.c.label.is_(None), P.c.label == 0),
-            P.c.encounter_key.in_(new_outcome_keys),
-            within,
-        )
+        .where(by_new_outcome, sa.or_(P.c.label.is_(None), P.c.label == 0))
         .values(label=1, settled_at=now)
     ).rowcount
-    positive += conn.execute(
+    done.positive += conn.execute(
         sa.update(P)
-        .where(P.c.model_id == model.id, P.c.label.is_(None), P.c.id > wm_prediction, within)
+        .where((P.c.model_id + 0) == model.id, P.c.label.is_(None), P.c.id > wm_prediction, within)
         .values(label=1, settled_at=now)
     ).rowcount
     cutoff = now - timedelta(hours=model.label_lag_hours)
-    negative = conn.execute(
+    done.negative = conn.execute(
         sa.update(P)
         .where(P.c.model_id == model.id, P.c.label.is_(None), P.c.horizon_end < cutoff)
         .values(label=0, settled_at=now)
@@ -125,17 +159,163 @@ def settle_labels(
             E.c.discharged_at <= P.c.horizon_end,
             E.c.discharged_at < cutoff,
         )
-        negative += conn.execute(
-            sa.update(P)
-            .where(
-                P.c.model_id == model.id,
-                P.c.label.is_(None),
-                P.c.status == "ok",
-                closed_before_horizon,
+        pending_ok = sa.and_(P.c.label.is_(None), P.c.status == "ok", closed_before_horizon)
+        if closure_cutoff is None:
+            drivers = [sa.and_(P.c.model_id == model.id, pending_ok)]
+        else:
+            # Closures that arrived since the last run, and those whose lag passed since.
+            due = sa.union(
+                sa.select(E.c.encounter_key).where(
+                    E.c.id > wm_encounter, E.c.discharged_at < cutoff
+                ),
+                sa.select(E.c.encounter_key).where(
+                    E.c.discharged_at >= closure_cutoff, E.c.discharged_at < cutoff
+                ),
             )
-            .values(label=0, settled_at=now)
-        ).rowcount
-    return int(positive), int(negative)
+            drivers = [
+                sa.and_((P.c.model_id + 0) == model.id, P.c.encounter_key.in_(due), pending_ok),
+                # New predictions of encounters whose closure was already due.
+                sa.and_((P.c.model_id + 0) == model.id, P.c.id > wm_prediction, pending_ok),
+            ]
+        for where in drivers:
+            done.negative += conn.execute(
+                sa.update(P).where(where).values(label=0, settled_at=now)
+            ).rowcount
+    return done
+
+
+def _count_if(cond: Any) -> Any:
+    return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
+
+
+def _sum_if(cond: Any, value: Any) -> Any:
+    return sa.func.coalesce(sa.func.sum(sa.case((cond, value), else_=0.0)), 0.0)
+
+
+def _label_sums_select(model: Model, where: Any) -> sa.Select[Any]:
+    """The label columns of the prediction rollup summed over the rows `where` selects."""
+    settled = sa.and_(P.c.status == "ok", P.c.label.is_not(None))
+    positive = sa.and_(settled, P.c.label == 1)
+    keys = (P.c.version_id, P.c.site_id, P.c.unit, P.c.arm, P.c.scored_hour)
+    return (
+        sa.select(
+            *keys,
+            _count_if(settled),
+            _count_if(positive),
+            _sum_if(settled, P.c.score),
+            _sum_if(settled, P.c.score * P.c.score),
+            _sum_if(positive, P.c.score),
+            _count_if(sa.and_(settled, P.c.alert)),
+            _count_if(sa.and_(positive, P.c.alert)),
+        )
+        .where(where)
+        .group_by(*keys)
+    )
+
+
+def _label_bins_select(model: Model, where: Any) -> sa.Select[Any]:
+    """The label columns of the score histogram summed over the rows `where` selects."""
+    settled = P.c.label.is_not(None)
+    keys = (P.c.version_id, P.c.site_id, P.c.arm, P.c.scored_hour, P.c.score_bin)
+    return (
+        sa.select(
+            *keys,
+            _count_if(settled),
+            _count_if(P.c.label == 1),
+            _sum_if(settled, P.c.score),
+            _sum_if(settled, P.c.score_logit),
+        )
+        .where(where, P.c.status == "ok", P.c.score_bin.is_not(None))
+        .group_by(*keys)
+    )
+
+
+_LABEL_SUMS = (
+    "n_settled", "n_positive", "sum_p_settled", "sum_p2_settled", "sum_yp_settled",
+    "n_alert_settled", "n_alert_positive",
+)  # fmt: skip
+_LABEL_BINS = ("n_settled", "n_positive", "sum_p_settled", "sum_logit_settled")
+_SUMS_KEY = ("version_id", "site_id", "unit", "arm", "hour")
+_BINS_KEY = ("version_id", "site_id", "arm", "hour", "bin")
+
+Delta = dict[tuple[Any, ...], list[float]]
+
+
+def add_rows(delta: Delta, rows: Iterable[Any], *, keys: int, sign: int = 1) -> Delta:
+    """Accumulate (key..., value...) rows into `delta`, each value times `sign`."""
+    for row in rows:
+        key, values = tuple(row[:keys]), row[keys:]
+        acc = delta.setdefault(key, [0] * len(values))
+        for i, value in enumerate(values):
+            acc[i] += sign * (value or 0)
+    return delta
+
+
+def _existing_keys(
+    conn: Connection, table: sa.Table, model_id: int, names: tuple[str, ...], delta: Delta
+) -> set[tuple[Any, ...]]:
+    """Which of the delta's keys have a row in `table` (one index range per site)."""
+    if not delta:
+        return set()
+    hours = sorted({k[names.index("hour")] for k in delta})
+    sites = sorted({k[names.index("site_id")] for k in delta})
+    # `n` is read too so that no index covers the query: SQLite would otherwise walk the
+    # unique index, whose only usable prefix is model_id (the model's whole history).
+    rows = conn.execute(
+        sa.select(*[table.c[n] for n in names], table.c.n).where(
+            table.c.model_id == model_id, table.c.site_id.in_(sites), table.c.hour.in_(hours)
+        )
+    )
+    return {tuple(r[: len(names)]) for r in rows}
+
+
+def _apply(
+    conn: Connection,
+    table: sa.Table,
+    model_id: int,
+    names: tuple[str, ...],
+    fields: tuple[str, ...],
+    delta: Delta,
+    stamp: dict[str, Any],
+) -> None:
+    """Add each key's delta to its row (which exists: see `_existing_keys`)."""
+    if not delta:
+        return
+    stmt = (
+        sa.update(table)
+        .where(table.c.model_id == model_id, *[table.c[n] == sa.bindparam("k_" + n) for n in names])
+        .values(
+            **{f: table.c[f] + sa.bindparam("d_" + f) for f in fields},
+            **{k: sa.bindparam("s_" + k) for k in stamp},
+        )
+    )
+    params = [
+        {
+            **{"k_" + n: k for n, k in zip(names, key, strict=True)},
+            **{"d_" + f: v for f, v in zip(fields, values, strict=True)},
+            **{"s_" + k: v for k, v in stamp.items()},
+        }
+        for key, values in delta.items()
+    ]
+    conn.execute(stmt, params)
+
+
+def apply_label_deltas(
+    conn: Connection, model: Model, sums: Delta, bins: Delta, *, now: datetime
+) -> set[int]:
+    """Add settled rows' label sums to existing rollup and histogram rows.
+
+    Returns the hours that could not be updated in place (a rollup or histogram row missing):
+    nothing was applied for them, and the caller rebuilds them from raw rows.
+    """
+    assert model.id is not None
+    missing = {k[4] for k in set(sums) - _existing_keys(conn, R, model.id, _SUMS_KEY, sums)}
+    missing |= {k[3] for k in set(bins) - _existing_keys(conn, H, model.id, _BINS_KEY, bins)}
+    sums = {k: v for k, v in sums.items() if k[4] not in missing}
+    bins = {k: v for k, v in bins.items() if k[3] not in missing}
+    _apply(conn, R, model.id, _SUMS_KEY, _LABEL_SUMS, sums, {"updated_at": now})
+    _apply(conn, H, model.id, _BINS_KEY, _LABEL_BINS, bins, {})
+    return missing
 
 
 def _rollup_select(model: Model, hours: list[int], now: datetime) -> sa.Select[Any]:
@@ -259,7 +439,11 @@ def input_bin(value: float | None, edges: list[float]) -> int:
 
 
 def _input_histogram_rows(conn: Connection, model: Model, hours: list[int]) -> list[dict[str, Any]]:
-    """Bin every named input of the model's predictions in `hours` (only these hours are read)."""
+    """Bin every named input of the model's predictions in `hours` (only these hours are read).
+
+    Binned here rather than in SQL: on SQLite a GROUP BY of json_extract'ed, CASE-binned
+    inputs (one pass over the rows) measured slower than this loop over the same rows.
+    """
     specs = {name: list(spec["edges"]) for name, spec in (model.inputs or {}).items()}
     if not specs:
         return []
@@ -291,10 +475,17 @@ def _chunks(values: Iterable[int], size: int) -> Iterable[list[int]]:
 def rebuild_hours(conn: Connection, model: Model, hours: Iterable[int], *, now: datetime) -> int:
     """Recompute the rollup and histogram rows of `hours` for one model from raw predictions."""
     count = 0
+    sites = sorted(conn.execute(sa.select(table_of(Site).c.id)).scalars())
     for chunk in _chunks(sorted(set(hours)), HOURS_PER_STATEMENT):
         for table in (R, H, L, I):
+            # With the sites named, each (model_id, site_id, hour) index lookup is exact; with
+            # only the model it would walk the model's whole history in the index.
             conn.execute(
-                sa.delete(table).where(table.c.model_id == model.id, table.c.hour.in_(chunk))
+                sa.delete(table).where(
+                    table.c.model_id == model.id,
+                    table.c.site_id.in_(sites),
+                    table.c.hour.in_(chunk),
+                )
             )
         conn.execute(sa.insert(R).from_select(_ROLLUP_COLUMNS, _rollup_select(model, chunk, now)))
         conn.execute(sa.insert(H).from_select(_HIST_COLUMNS, _histogram_select(model, chunk)))
@@ -306,37 +497,76 @@ def rebuild_hours(conn: Connection, model: Model, hours: Iterable[int], *, now: 
     return count
 
 
-def refresh(engine: Engine, *, now: datetime | None = None) -> RefreshResult:
-    """Settle labels and rebuild the rollups of every hour that changed since the last run."""
+def _hours_of_new_rows(conn: Connection, model: Model, low: int, high: int) -> set[int]:
+    # By primary-key range (`+ 0`: not by the model's index, which would read its history).
+    return set(
+        conn.execute(
+            sa.select(P.c.scored_hour)
+            .where((P.c.model_id + 0) == model.id, P.c.id > low, P.c.id <= high)
+            .distinct()
+        ).scalars()
+    )
+
+
+def refresh(
+    engine: Engine, *, now: datetime | None = None, incremental: bool = True
+) -> RefreshResult:
+    """Settle labels and bring the rollups of every hour that changed since the last run up to
+    date: hours with new predictions are rebuilt, hours with only newly settled labels get the
+    settled rows' sums added (`incremental=False`, or a `now` not after the last run's: rebuilt).
+    """
     now = now or utcnow()
     result = RefreshResult()
     with engine.begin() as conn:
         wm_p = int(get_state(conn, WM_PREDICTION))
         wm_o = int(get_state(conn, WM_OUTCOME))
+        wm_e = int(get_state(conn, WM_ENCOUNTER))
         top_p = conn.execute(sa.select(sa.func.max(P.c.id))).scalar() or 0
         top_o = conn.execute(sa.select(sa.func.max(O.c.id))).scalar() or 0
+        top_e = conn.execute(sa.select(sa.func.max(E.c.id))).scalar() or 0
+        last_run = get_state(conn, LAST_RUN, "")
+        # Rows stamped settled_at = now are this run's only if no earlier run used this `now`.
+        in_place = incremental and bool(last_run) and now > datetime.fromisoformat(last_run)
         models = [
             Model.model_validate(dict(row))
             for row in conn.execute(sa.select(table_of(Model))).mappings()
         ]
         for model in models:
-            pos, neg = settle_labels(conn, model, now=now, wm_prediction=wm_p, wm_outcome=wm_o)
-            result.settled_positive += pos
-            result.settled_negative += neg
-            # New rows are found by primary-key range (`+ 0`: not by the model's index, which
-            # would read its whole history), settled rows by this run's settled_at.
-            dirty = conn.execute(
-                sa.select(P.c.scored_hour)
-                .where((P.c.model_id + 0) == model.id, P.c.id > wm_p, P.c.id <= top_p)
-                .union(
-                    sa.select(P.c.scored_hour).where(
-                        P.c.model_id == model.id, P.c.settled_at == now
-                    )
-                )
-            ).scalars()
+            cutoff_key = CLOSURE_CUTOFF.format(model_id=model.id)
+            previous = get_state(conn, cutoff_key, "")
+            closure_cutoff = datetime.fromisoformat(previous) if previous else None
+            settled = settle_labels(
+                conn,
+                model,
+                now=now,
+                wm_prediction=wm_p,
+                wm_outcome=wm_o,
+                wm_encounter=wm_e,
+                closure_cutoff=closure_cutoff,
+            )
+            cutoff = now - timedelta(hours=model.label_lag_hours)
+            set_state(conn, cutoff_key, max(cutoff, closure_cutoff or cutoff).isoformat())
+            result.settled_positive += settled.positive
+            result.settled_negative += settled.negative
+            dirty = _hours_of_new_rows(conn, model, wm_p, top_p)
+            settled_now = sa.and_((P.c.model_id + 0) == model.id, P.c.settled_at == now)
+            if in_place:
+                sums = add_rows({}, conn.execute(_label_sums_select(model, settled_now)), keys=5)
+                add_rows(sums, settled.flipped_sums, keys=5, sign=-1)
+                bins = add_rows({}, conn.execute(_label_bins_select(model, settled_now)), keys=5)
+                add_rows(bins, settled.flipped_bins, keys=5, sign=-1)
+                sums = {k: v for k, v in sums.items() if k[4] not in dirty}
+                bins = {k: v for k, v in bins.items() if k[3] not in dirty}
+                dirty |= apply_label_deltas(conn, model, sums, bins, now=now)
+                result.hours_updated += len(({k[4] for k in sums} | {k[3] for k in bins}) - dirty)
+            else:
+                dirty |= set(conn.execute(sa.select(P.c.scored_hour).where(settled_now)).scalars())
             result.hours_rebuilt += rebuild_hours(conn, model, dirty, now=now)
         result.new_predictions = int(top_p - wm_p)
         set_state(conn, WM_PREDICTION, str(top_p))
         set_state(conn, WM_OUTCOME, str(top_o))
+        set_state(conn, WM_ENCOUNTER, str(top_e))
+        newest = max(now, datetime.fromisoformat(last_run)) if last_run else now
+        set_state(conn, LAST_RUN, newest.isoformat())
     logger.info("rollups refreshed: %s", result)
     return result

@@ -321,7 +321,7 @@ def test_the_helper_process_gives_exactly_what_the_single_process_path_gives(
     helpers = collectors.base._prepared_by_helpers
 
     def counted(*args: Any) -> Any:
-        counts.append(args[-1])
+        counts.append(args[6])  # the number of helper processes
         return helpers(*args)
 
     monkeypatch.setattr(collectors.base, "_prepared_by_helpers", counted)

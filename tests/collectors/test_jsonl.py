@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -181,3 +182,33 @@ def test_resume_after_a_crash_mid_file_adds_exactly_the_missing_rows(
     assert result.resumed_at_line == 20
     assert result.inserted == 5
     assert _count(engine, Prediction) == 25
+
+
+def test_a_large_file_is_written_with_the_bulk_settings_and_the_connection_gets_its_own_back(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collectors.base
+    from collectors.bulkload import SQLITE_BULK_CHECKPOINT_PAGES
+    from collectors.sinks import PredictionSink
+
+    monkeypatch.setattr(collectors.base, "HELPER_MIN_BYTES", 1)  # every file is "large"
+    seen: list[tuple[Any, int]] = []
+    apply = PredictionSink.apply
+
+    def watched(self: PredictionSink, conn: Any, prepared: Any, result: Any) -> Any:
+        if conn.dialect.name == "sqlite":
+            interval = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+            seen.append((conn.connection.dbapi_connection, interval))
+        return apply(self, conn, prepared, result)
+
+    monkeypatch.setattr(PredictionSink, "apply", watched)
+    path = write_jsonl(tmp_path / "predictions-big.jsonl", [prediction(i) for i in range(1, 31)])
+    [result] = _collect(engine, path)
+    assert (result.inserted, result.quarantined) == (30, 0)
+    assert _count(engine, Prediction) == 30
+    if engine.dialect.name == "sqlite":
+        assert [interval for _, interval in seen] == [SQLITE_BULK_CHECKPOINT_PAGES]
+        driver = seen[0][0]  # the connection is back in the pool with SQLite's interval
+        assert driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    [again] = _collect(engine, path)
+    assert again.skipped and _count(engine, Prediction) == 30
