@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import pandas as pd
 import streamlit as st
@@ -183,6 +183,39 @@ def points_since(monitors: tuple[str, ...], model: str, days: float) -> pd.DataF
     )
 
 
+def _before(frame: pd.DataFrame, column: str, end: datetime | None) -> pd.DataFrame:
+    if end is None or frame.empty:
+        return frame
+    return frame[pd.to_datetime(frame[column], utc=True) < end].reset_index(drop=True)
+
+
+def _range_bounds(
+    days: int | None, first: date | None, last: date | None
+) -> tuple[datetime, datetime | None]:
+    """[start, end) of a page's time range (`app.links.TimeRange`); end None: up to now."""
+    from datetime import UTC
+
+    from app.links import TimeRange
+
+    span = TimeRange(days=days, first=first, last=last)
+    start, end = span.bounds(datetime.now(UTC))
+    return start, (end if first is not None else None)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def points_in(
+    monitors: tuple[str, ...],
+    model: str,
+    days: int | None,
+    first: date | None = None,
+    last: date | None = None,
+) -> pd.DataFrame:
+    """Points whose window ends in a page's time range (the last `days`, or first..last)."""
+    start, end = _range_bounds(days, first, last)
+    frame = queries.points_since(engine=engine(), monitors=monitors, model=model, since=start)
+    return _before(frame, "window_end", end)
+
+
 @st.cache_data(ttl=15, show_spinner=False)
 def feed_status() -> pd.DataFrame:
     from monitors.config import MonitorConfig
@@ -194,6 +227,17 @@ def feed_status() -> pd.DataFrame:
 @st.cache_data(ttl=60, show_spinner=False)
 def feed_history(site: str, days: float) -> pd.DataFrame:
     return queries.feed_history(engine=engine(), site=site, since=_days_ago(days))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def feed_history_in(
+    site: str, days: int | None, first: date | None = None, last: date | None = None
+) -> pd.DataFrame:
+    """Heartbeats received in a page's time range (the last `days`, or first..last)."""
+    start, end = _range_bounds(days, first, last)
+    return _before(
+        queries.feed_history(engine=engine(), site=site, since=start), "received_at", end
+    )
 
 
 @st.cache_data(ttl=60, show_spinner=False)

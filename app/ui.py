@@ -3,15 +3,55 @@ states and the small-sample caution. Pages call these instead of writing their o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import data
+from incidents.auth import PermissionDenied
 from vigil.config import get_settings
+
+T = TypeVar("T")
+
+# Characters that make Markdown (or Streamlit's :color[] and :icon: syntax) out of plain text:
+# code, emphasis, links and images, HTML, strikethrough, LaTeX, tables, headings; a colon only
+# where it opens a directive. Line-start markers are escaped at the start of the text.
+_MARKUP = re.compile(r"[\\`*_\[\]<>~$|#]|:(?=[\w/+-]+[\[:])")
+_LINE_START = re.compile(r"^(\s*)([-+=]|\d+(?=[.)]))")
+
+
+def markdown_text(value: object) -> str:
+    """Free text (reasons, notes, names, alert text) to put inside a Markdown string: the
+    characters that would make markup backslash-escaped and line breaks flattened, so HTML,
+    links, images, emphasis and :color[] directives show as the characters typed."""
+    if value is None:
+        return ""
+    text = _MARKUP.sub(lambda m: "\\" + m.group(), " ".join(str(value).splitlines()))
+    start = _LINE_START.match(text)
+    if start is None:
+        return text
+    if start.group(2)[0].isdigit():  # "1. text" would start a numbered list
+        at = start.end()
+        return text[:at] + "\\" + text[at:]
+    return start.group(1) + "\\" + text[len(start.group(1)) :]
+
+
+def run_action(call: Callable[[], T]) -> T | None:
+    """Run an action from a page: its result, or None once the refusal (permission, invalid
+    input, unknown name) is shown. The action checks the role itself; messages are shown as
+    text, since they may repeat what was typed."""
+    try:
+        return call()
+    except PermissionDenied as exc:
+        st.error(f"Refused: {markdown_text(exc)}", icon=":material/block:")
+    except (ValueError, LookupError) as exc:
+        st.error(markdown_text(exc), icon=":material/error:")
+    return None
 
 
 def age(moment: object, *, now: datetime | None = None) -> str:

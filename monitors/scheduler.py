@@ -341,6 +341,16 @@ def build_scheduler(*, simulate: bool = False) -> BackgroundScheduler:
         coalesce=True,
         max_instances=1,
     )
+    # The Governance page's stored summary of this month and the last (reports.summary),
+    # refreshed before it goes stale so no dashboard replica gathers a month on opening.
+    scheduler.add_job(
+        "reports.summary:refresh_job",
+        "interval",
+        minutes=30,
+        id="governance-summary",
+        misfire_grace_time=30 * 60,
+        **common,
+    )
     return scheduler
 
 

@@ -74,9 +74,11 @@ st.dataframe(
 )
 
 st.subheader("Over time")
-days = links.days(low=2, high=60, default=14)
-series = data.points_since(MONITORS, model, float(days))
-if not series.empty:
+span = links.time_range(low=2, high=60, default=14)
+series = data.points_in(MONITORS, model, span.days, span.first, span.last)
+if series.empty:
+    st.caption(f"No alert burden points in {span.describe()}.")
+else:
     # The upper control limit is a count over the window; as a rate, per 100 of exposure.
     series["upper_rate"] = [
         100 * limits[1] / exposure if limits and limits[1] is not None and exposure else None

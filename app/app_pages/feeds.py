@@ -6,6 +6,7 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
 from app import charts, data, links
+from app.ui import markdown_text as md
 
 st.title("Feeds")
 st.caption(
@@ -37,7 +38,9 @@ bad = status[status["status"] != "ok"]
 if bad.empty:
     st.success("Every feed is fresh.", icon=":material/check_circle:")
 for _, row in bad.iterrows():
-    message = f"**{row['feed']} at {row['site']}** ({row['models']}): {row['reason']}"
+    message = (
+        f"**{md(row['feed'])} at {md(row['site'])}** ({md(row['models'])}): {md(row['reason'])}"
+    )
     if row["status"] == "breach":
         st.error(message + " Runbook: `stale-feed`.", icon=":material/sync_problem:")
     else:
@@ -66,10 +69,10 @@ st.dataframe(
 st.subheader("Event-time lag over time")
 left, right = st.columns(2)
 site = links.pick("Site", sorted(status["site"].unique()), param=links.SITE, where=left)
-days = links.days(low=1, high=14, default=2, where=right)
-history = data.feed_history(site, float(days))
+span = links.time_range(low=1, high=14, default=2, where=right)
+history = data.feed_history_in(site, span.days, span.first, span.last)
 if history.empty:
-    st.caption("No heartbeats in that period.")
+    st.caption(f"No heartbeats from {site} in {span.describe()}.")
 else:
     st.plotly_chart(
         charts.feed_lag_figure(history, title=f"{site}: event-time lag per feed"),

@@ -1,18 +1,24 @@
 """Governance: the monthly report for the board — status by model and site, what went wrong,
-what the data cannot say, and the HTML and PDF to download (generated on demand, audited)."""
+what the data cannot say, and the HTML and PDF to download (generated on demand, audited).
+
+The status shown is the month's stored summary (`reports.summary`), with its age."""
 
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from app import data, links, session
+from app.ui import markdown_text as md
 from incidents.auth import Action, PermissionDenied, can
+from reports import summary as governance_summary
 from reports.export import PdfError, export_report
-from reports.governance import GovernanceReport, Month, gather_report
+from reports.governance import Month
 from store.models import utcnow
 
 ALL_MODELS = "All models"
@@ -26,9 +32,16 @@ st.caption(
 )
 
 
-@st.cache_data(ttl=300, show_spinner="Gathering the month …")
-def _report(month: str, model: str | None) -> GovernanceReport:
-    return gather_report(data.engine(), Month.parse(month), model=model)
+@st.cache_data(ttl=30, show_spinner="Reading the month's summary …")
+def _summary(month: str, model: str | None) -> dict[str, Any]:
+    return governance_summary.current(data.engine(), month, model, now=utcnow())
+
+
+def _age(since: datetime, now: datetime) -> str:
+    minutes = max(int((now - since).total_seconds() // 60), 0)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h" if minutes < 48 * 60 else f"{minutes // 1440} days"
 
 
 def _month_options(count: int = 24) -> list[str]:
@@ -50,32 +63,54 @@ month = str(
 )
 picked = links.pick("Model", [ALL_MODELS, *names], param=links.MODEL, where=right)
 model = None if picked in (None, ALL_MODELS) else picked
-report = _report(month, model)
+summary = _summary(month, model)
+now = utcnow()
+period = Month.parse(month)
+left, right = st.columns([4, 1])
+if right.button("Recompute now", key="governance_recompute", icon=":material/refresh:"):
+    with st.spinner("Gathering the month …"):
+        summary = governance_summary.rebuild(data.engine(), month, model, now=now)
+    _summary.clear()
+made = datetime.fromisoformat(summary["generated_at"])
+left.caption(
+    f"Summary as of {made:%Y-%m-%d %H:%M} UTC ({_age(made, now)} ago)"
+    + (
+        ": the month is still running, so it covers the data up to then. "
+        if period.end > now
+        else ". "
+    )
+    + f"Recomputed when older than {governance_summary.max_age(period, now) // timedelta(hours=1)} "
+    "h on opening; the download below is always gathered afresh."
+)
 
-st.subheader(f"Status in {report.month.title}")
-rows = [{"model": m.model, **{s.site: s.rag.upper() for s in m.status}} for m in report.models]
+st.subheader(f"Status in {summary['title']}")
+rows = [
+    {"model": m["model"], **{s["site"]: s["rag"].upper() for s in m["status"]}}
+    for m in summary["models"]
+]
 if rows:
     st.dataframe(pd.DataFrame(rows).fillna("—"), hide_index=True, width="stretch")
 else:
     st.info("No models are registered.")
-st.caption(report.rag_rules)
+st.caption(summary["rag_rules"])
 
-for m in report.models:
-    with st.expander(f"{m.title} ({m.model})", expanded=len(report.models) == 1):
-        kinds: dict[str, int] = {}
-        for episode in m.episodes:
-            kinds[episode.kind] = kinds.get(episode.kind, 0) + 1
+for m in summary["models"]:
+    with st.expander(f"{md(m['title'])} ({md(m['model'])})", expanded=len(summary["models"]) == 1):
+        kinds = m["episodes"]
         st.markdown(
             "**Incidents, alerts and disablements:** "
             + (", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none")
         )
-        reasons = [{"site": s.site, "status": s.rag, "why": "; ".join(s.reasons)} for s in m.status]
+        reasons = [
+            {"site": s["site"], "status": s["rag"], "why": "; ".join(s["reasons"])}
+            for s in m["status"]
+        ]
         if reasons:
             st.dataframe(pd.DataFrame(reasons), hide_index=True, width="stretch")
-        if m.card_missing:
-            st.warning("The model card does not state: " + ", ".join(m.card_missing))
-        for statement in m.missing:
-            st.markdown(f"- {statement}")
+        if m["card_missing"]:
+            st.warning("The model card does not state: " + ", ".join(m["card_missing"]))
+        for statement in m["missing"]:
+            st.markdown(f"- {md(statement)}")
 
 st.subheader("Download")
 actor = session.current_actor()

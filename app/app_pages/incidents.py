@@ -14,8 +14,10 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
 from app import data, session
+from app.ui import markdown_text as md
+from app.ui import run_action
 from incidents import actions, paging
-from incidents.auth import Action, PermissionDenied, can
+from incidents.auth import Action, can
 from incidents.runbooks import RunbookError, load_runbook, render_markdown
 from vigil.config import get_settings
 
@@ -28,13 +30,8 @@ NO_INCIDENT = "— new incident —"
 
 def _run(call: Any, success: str | None = None) -> None:
     """Run an action; on success rerun the page showing what it did, else show why not."""
-    try:
-        result = call()
-    except PermissionDenied as exc:
-        st.error(f"Refused: {exc}", icon=":material/block:")
-        return
-    except (ValueError, LookupError) as exc:
-        st.error(str(exc), icon=":material/error:")
+    result = run_action(call)
+    if result is None:
         return
     data.clear_incident_caches()
     if result.page_keys and settings.slack_bot_token:
@@ -116,12 +113,13 @@ for alert in shown.to_dict("records"):
     with st.container(border=True, key=f"alert_{alert_id}"):
         badge = ":red-badge[PAGE]" if alert["severity"] == "page" else ":orange-badge[TICKET]"
         st.markdown(
-            f"{badge} **#{alert_id} · {alert['model']} at {alert['site']}** · {alert['status']}"
-            + (f" by {alert['acknowledged_by']}" if alert["acknowledged_by"] else "")
+            f"{badge} **#{alert_id} · {md(alert['model'])} at {md(alert['site'])}** · "
+            f"{md(alert['status'])}"
+            + (f" by {md(alert['acknowledged_by'])}" if alert["acknowledged_by"] else "")
         )
-        st.markdown(alert["summary"])
+        st.markdown(md(alert["summary"]))
         st.caption(
-            f"{alert['monitor']} · opened {alert['opened_at']:%Y-%m-%d %H:%M} UTC · "
+            f"{md(alert['monitor'])} · opened {alert['opened_at']:%Y-%m-%d %H:%M} UTC · "
             f"runbook `{alert['runbook']}`"
         )
         _runbook(str(alert["runbook"]), expanded=str(alert_id) == focus_alert)
@@ -234,10 +232,10 @@ for switch in disabled.to_dict("records"):
     scope_site = None if switch["site"] == "*" else str(switch["site"])
     scope_version = None if switch["version"] == "*" else str(switch["version"])
     label = (
-        f"{switch['model']} at {switch['site'] if scope_site else 'every site'}"
-        + (f", version {scope_version}" if scope_version else "")
+        f"{md(switch['model'])} at {md(switch['site']) if scope_site else 'every site'}"
+        + (f", version {md(scope_version)}" if scope_version else "")
         + f" — off since {pd.Timestamp(switch['changed_at']):%Y-%m-%d %H:%M} UTC by "
-        + f"{switch['actor']}: {switch['reason']} (incident #{switch['incident_id']})"
+        + f"{md(switch['actor'])}: {md(switch['reason'])} (incident #{switch['incident_id']})"
     )
     if can(actor, Action.ENABLE_SCORE):
         with st.form(f"enable_{switch['id']}"):

@@ -86,11 +86,11 @@ if not exhausted.empty:
 
 st.subheader("Burn rate over time")
 slo = st.selectbox("SLO", sorted(table["SLO"].unique()))
-days = links.days(low=1, high=30, default=7)
-series = data.points_since(MONITORS, model, float(days))
+span = links.time_range(low=1, high=30, default=7)
+series = data.points_in(MONITORS, model, span.days, span.first, span.last)
 series = series[(series["metric"] == slo) & (series["site"] != "all")].copy()
 if series.empty:
-    st.caption("No points in that period.")
+    st.caption(f"No {slo} points in {span.describe()}.")
 else:
     burn = series["detail"].map(lambda d: (d or {}).get("burn") or {})
     series["burn_1h"] = burn.map(lambda b: b.get("1h"))

@@ -60,7 +60,7 @@ def now_minute() -> datetime:
 
 def late_scores(now: datetime) -> list[dict]:
     """Six hours at UMC (40 an hour) and RVH (4 an hour); UMC's last 40 min mostly late."""
-    records = []
+    records: list[dict] = []
     for minute in range(0, 6 * 60, 1):
         scored = now - timedelta(hours=6) + timedelta(minutes=minute, seconds=20)
         if minute % 3 == 0:

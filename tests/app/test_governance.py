@@ -90,3 +90,78 @@ def test_a_month_without_data_says_so(app_env: None, engine: Engine) -> None:
     assert set(grid.drop(columns=["model"]).to_numpy().ravel()) == {"GREY"}
     said = " ".join(m.value for m in at.markdown)
     assert "no predictions for deterioration at UMC in 2026-05" in said
+
+
+# ---------------------------------------------------------------- the stored summary
+
+
+def test_a_summary_is_fresh_for_an_hour_in_its_month_and_a_day_after_it() -> None:
+    from reports.governance import Month
+    from reports.summary import is_fresh
+
+    november = Month.parse("2026-11")
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+    def made(at: datetime) -> dict[str, Any]:
+        return {"generated_at": at.isoformat()}
+
+    assert is_fresh(made(now - timedelta(minutes=59)), november, now)
+    assert not is_fresh(made(now - timedelta(minutes=61)), november, now)
+    october = Month.parse("2026-10")
+    assert is_fresh(made(now - timedelta(hours=23)), october, now)
+    assert not is_fresh(made(now - timedelta(hours=25)), october, now)
+    # Gathered on the month's last evening: not final, whatever its age.
+    december_1st = datetime(2026, 12, 1, 0, 10, tzinfo=UTC)
+    assert not is_fresh(made(datetime(2026, 11, 30, 23, 50, tzinfo=UTC)), november, december_1st)
+
+
+def test_the_page_reads_the_stored_summary_until_it_is_recomputed(
+    app_env: None, engine: Engine, tmp_path: Path
+) -> None:
+    from reports import summary as governance_summary
+    from reports.governance import Month, gather_report
+    from store.models import JobState
+
+    _seed(engine, tmp_path)
+    at = app_test(role="viewer", default_timeout=90)
+    at.query_params["model"] = "deterioration"
+    at.switch_page(PAGE).run()
+    at.selectbox(key="governance_month").set_value("2026-08").run()
+    assert not at.exception
+    assert at.dataframe[0].value.iloc[0]["RVH"] == "GREY"
+    assert any("Summary as of" in c.value and "min ago" in c.value for c in at.caption)
+    # What is stored is the report's own summary of that month.
+    stored = governance_summary.load(engine, "2026-08", "deterioration")
+    assert stored is not None
+    made = datetime.fromisoformat(stored["generated_at"])
+    again = governance_summary.summarise(
+        gather_report(engine, Month.parse("2026-08"), model="deterioration", now=made)
+    )
+    assert stored == again
+
+    # August gains RVH scores: a new session still reads the stored (fresh) summary ...
+    late: list[dict[str, Any] | str | bytes] = [
+        prediction(1000 + n, site="RVH", encounter_id=f"RVH-E{n:09d}",
+                   scored=AUGUST + timedelta(days=20, hours=n), prediction_id=f"det-RVH-{n:06d}")
+        for n in range(24)
+    ]  # fmt: skip
+    list(collect_files(engine, [write_jsonl(tmp_path / "predictions-b.jsonl", late)], secret="s"))
+    refresh(engine, now=datetime(2026, 9, 10, tzinfo=UTC))
+    import streamlit as st
+
+    st.cache_data.clear()
+    reopened = app_test(role="viewer", default_timeout=90)
+    reopened.query_params["model"] = "deterioration"
+    reopened.switch_page(PAGE).run()
+    reopened.selectbox(key="governance_month").set_value("2026-08").run()
+    assert reopened.dataframe[0].value.iloc[0]["RVH"] == "GREY"
+    # ... until someone recomputes it; the new summary replaces the stored one.
+    reopened.button(key="governance_recompute").click().run()
+    assert not reopened.exception
+    assert reopened.dataframe[0].value.iloc[0]["RVH"] != "GREY"
+    with engine.connect() as conn:
+        J = table_of(JobState)
+        keys = list(conn.execute(sa.select(J.c.key).where(J.c.key.like("%:2026-08:%"))).scalars())
+    assert keys == ["governance.summary:2026-08:deterioration"]  # replaced, one row
+    newer = governance_summary.load(engine, "2026-08", "deterioration")
+    assert newer is not None and newer["generated_at"] > stored["generated_at"]

@@ -77,7 +77,15 @@ def test_jobs_coalesce_and_never_overlap(monkeypatch: pytest.MonkeyPatch, tmp_pa
     finally:
         get_settings.cache_clear()
     monitors = {f"monitor:{m.name}": m for m in default_registry()}
-    assert set(jobs) == {"heartbeat", "simulate", "collect", "page", "governance-report", *monitors}
+    assert set(jobs) == {
+        "heartbeat",
+        "simulate",
+        "collect",
+        "page",
+        "governance-report",
+        "governance-summary",
+        *monitors,
+    }
     assert {"monitor:latency_slo", "monitor:feed_freshness", "monitor:site_comparison"} <= set(jobs)
     for job in jobs.values():
         assert job.coalesce is True

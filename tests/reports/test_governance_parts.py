@@ -168,6 +168,43 @@ def test_the_scheduler_writes_last_months_report_on_the_first(
         get_settings.cache_clear()
 
 
+def test_the_scheduler_keeps_the_governance_summary_fresh(
+    sqlite_template: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from reports import summary
+
+    shutil.copy(sqlite_template, tmp_path / "vigil.db")
+    url = f"sqlite:///{tmp_path / 'vigil.db'}"
+    monkeypatch.setenv("VIGIL_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        engine = make_engine(url)
+        sync_registry(engine, REGISTRY)
+        jobs = {job.id: job for job in build_scheduler().get_jobs()}
+        job = jobs["governance-summary"]
+        assert job.trigger.interval == timedelta(minutes=summary.REFRESH_MINUTES)
+        assert (job.coalesce, job.max_instances) == (True, 1)
+        now = datetime(2026, 9, 10, 8, 0, tzinfo=UTC)
+        assert summary.refresh_job(now=now) == ["2026-09", "2026-08"]
+        stored = summary.load(engine, "2026-08", None)
+        assert stored is not None
+        assert stored == summary.summarise(gather_report(engine, Month.parse("2026-08"), now=now))
+        # Fresh summaries are not gathered again; the running month is redone before it
+        # goes stale (an hour), the month before it daily.
+        assert summary.refresh_job(now=now + timedelta(minutes=10)) == []
+        assert summary.refresh_job(now=now + timedelta(minutes=31)) == ["2026-09"]
+        assert summary.refresh_job(now=now + timedelta(hours=23, minutes=40)) == [
+            "2026-09",
+            "2026-08",
+        ]
+        current = summary.load(engine, "2026-09", None)
+        assert current is not None
+        assert summary.is_fresh(current, Month.parse("2026-09"), now + timedelta(hours=24))
+        engine.dispose()
+    finally:
+        get_settings.cache_clear()
+
+
 def test_missing_card_attributes_are_flagged_and_free_text_is_escaped(
     engine: Engine, tmp_path: Path
 ) -> None:
