@@ -27,10 +27,20 @@ from pydantic import (
 from pydantic import dataclasses as pydantic_dataclasses
 from pydantic_core import PydanticCustomError
 
+from vigil.config import get_settings
+
 # Clocks at the sources are not perfect; a timestamp this far ahead of "now" is still accepted,
 # and two timestamps of one record may be this far out of order.
 ALLOWED_CLOCK_SKEW = timedelta(minutes=5)
-MAX_LINE_BYTES = 64 * 1024
+# The longest line the readers accept (VIGIL_MAX_LINE_BYTES, default 64 KiB), read once when the
+# collectors are imported, so every reader and helper process of a run applies the same limit.
+MAX_LINE_BYTES = get_settings().max_line_bytes
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read it: whole KiB when it is one, else bytes."""
+    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} bytes"
+
 
 # Every reason a row can be quarantined for, and what it means (docs/contracts.md lists them).
 REASONS: dict[str, str] = {
@@ -38,7 +48,7 @@ REASONS: dict[str, str] = {
     "not_an_object": "the JSON value is not an object",
     "empty_line": "a blank line",
     "truncated_line": "the last line of the file ends mid-record",
-    "line_too_long": f"a line longer than {MAX_LINE_BYTES // 1024} KiB",
+    "line_too_long": f"a line longer than {size_text(MAX_LINE_BYTES)}",
     "invalid_encoding": "bytes that are not UTF-8",
     "wrong_column_count": "a CSV row with more cells than the header has columns",
     "invalid_csv": "a CSV record the csv parser cannot read (unbalanced quotes, a huge cell)",

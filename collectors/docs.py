@@ -195,7 +195,7 @@ def render() -> str:
         "## Rules for every source",
         "",
         "- Text is UTF-8; a UTF-8 byte-order mark is accepted. A line may be at most "
-        f"{MAX_LINE_BYTES // 1024} KiB.",
+        f"{MAX_LINE_BYTES // 1024} KiB (`VIGIL_MAX_LINE_BYTES`).",
         "- Timestamps carry a time zone (`Z` or an offset) and are stored in UTC; a timestamp "
         "without one is refused (`naive_timestamp`), except HL7 DTMs (see below).",
         f"- Allowed clock skew: {skew} minutes. A timestamp later than now plus the skew is "

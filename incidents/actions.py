@@ -11,6 +11,8 @@ score at once make one state change and two audit events, and neither sees an er
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +24,17 @@ from sqlalchemy.engine import Connection, Engine
 from incidents import audit, paging
 from incidents.auth import Action, Actor, authorize
 from incidents.killswitch import Scope, resolve_scope, set_switch
-from store.models import Alert, Incident, PageOutbox, table_of, utcnow
+from store.models import (
+    Alert,
+    Deployment,
+    Incident,
+    Model,
+    ModelVersion,
+    PageOutbox,
+    Site,
+    table_of,
+    utcnow,
+)
 from vigil.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +42,10 @@ logger = logging.getLogger(__name__)
 A = table_of(Alert)
 INC = table_of(Incident)
 PO = table_of(PageOutbox)
+D = table_of(Deployment)
+M = table_of(Model)
+S = table_of(Site)
+V = table_of(ModelVersion)
 MIN_REASON = 5
 
 
@@ -270,6 +286,59 @@ def _alert(conn: Connection, alert_id: int) -> sa.Row[Any]:
     return row
 
 
+@dataclass(frozen=True)
+class _Transition:
+    """What an action does to an alert, decided from the alert as it is under the lock."""
+
+    values: dict[str, Any]  # the alert's columns to set (empty: none)
+    detail: dict[str, Any]  # the audit event's detail
+    sync: bool  # bring the alert's Slack thread up to date
+
+
+# After the audit event, inside the same transaction: queue the action's own Slack messages.
+_Then = Callable[[Connection, str, Settings, datetime], tuple[str, ...]]
+
+
+def _alert_transition(
+    engine: Engine,
+    actor: Actor,
+    action: Action,
+    *,
+    alert_id: int,
+    decide: Callable[[sa.Row[Any]], _Transition],
+    then: _Then | None = None,
+    now: datetime | None,
+    settings: Settings | None,
+) -> tuple[sa.Row[Any], str, tuple[str, ...]]:
+    """One alert action's transaction: lock the chain, read the alert, change it as `decide`
+    says, append the audit event, sync the alert's thread and queue the action's pages.
+
+    The caller authorises the actor and validates its input first. Returns the alert as it
+    was read, the audit hash and the keys of the pages queued.
+    """
+    settings = settings or get_settings()
+    now = now or utcnow()
+    with engine.begin() as conn:
+        audit.lock_chain(conn)  # first: serialises concurrent actions on the alert
+        alert = _alert(conn, alert_id)
+        transition = decide(alert)
+        if transition.values:
+            conn.execute(sa.update(A).where(A.c.id == alert_id).values(**transition.values))
+        digest = audit.append(
+            conn,
+            actor=actor.name,
+            role=actor.role.value,
+            action=action.value,
+            target=f"alert:{alert_id}",
+            detail=transition.detail,
+            at=now,
+        )
+        if transition.sync:
+            paging.sync_alert(conn, alert_id, settings=settings, now=now)
+        keys = then(conn, digest, settings, now) if then is not None else ()
+    return alert, digest, keys
+
+
 def acknowledge_alert(
     engine: Engine,
     actor: Actor,
@@ -281,29 +350,23 @@ def acknowledge_alert(
 ) -> ActionResult:
     """open → acknowledged (stops re-paging); the thread and its root show who has it."""
     authorize(actor, Action.ACKNOWLEDGE_ALERT)
-    settings = settings or get_settings()
-    now = now or utcnow()
-    with engine.begin() as conn:
-        audit.lock_chain(conn)
-        alert = _alert(conn, alert_id)
+    moment = now or utcnow()
+
+    def decide(alert: sa.Row[Any]) -> _Transition:
         changed = alert.status == "open"
-        if changed:
-            conn.execute(
-                sa.update(A)
-                .where(A.c.id == alert_id)
-                .values(status="acknowledged", acknowledged_at=now, acknowledged_by=str(actor))
-            )
-        digest = audit.append(
-            conn,
-            actor=actor.name,
-            role=actor.role.value,
-            action=Action.ACKNOWLEDGE_ALERT.value,
-            target=f"alert:{alert_id}",
-            detail={"changed": changed, "from": alert.status, "note": note.strip()},
-            at=now,
+        values = (
+            {"status": "acknowledged", "acknowledged_at": moment, "acknowledged_by": str(actor)}
+            if changed
+            else {}
         )
-        if changed:
-            paging.sync_alert(conn, alert_id, settings=settings, now=now)
+        detail = {"changed": changed, "from": alert.status, "note": note.strip()}
+        return _Transition(values, detail, sync=changed)
+
+    alert, digest, _ = _alert_transition(
+        engine, actor, Action.ACKNOWLEDGE_ALERT, alert_id=alert_id, decide=decide, now=moment,
+        settings=settings,
+    )  # fmt: skip
+    changed = alert.status == "open"
     message = (
         f"alert #{alert_id} acknowledged" if changed else f"alert #{alert_id} is {alert.status}"
     )
@@ -322,27 +385,19 @@ def resolve_alert(
     """open/acknowledged → resolved by a person, with a note saying why."""
     authorize(actor, Action.RESOLVE_ALERT)
     note = _clean(note, "a resolution note", 3)
-    settings = settings or get_settings()
-    now = now or utcnow()
-    with engine.begin() as conn:
-        audit.lock_chain(conn)
-        alert = _alert(conn, alert_id)
+    moment = now or utcnow()
+
+    def decide(alert: sa.Row[Any]) -> _Transition:
         changed = alert.status != "resolved"
-        if changed:
-            conn.execute(
-                sa.update(A).where(A.c.id == alert_id).values(status="resolved", resolved_at=now)
-            )
-        digest = audit.append(
-            conn,
-            actor=actor.name,
-            role=actor.role.value,
-            action=Action.RESOLVE_ALERT.value,
-            target=f"alert:{alert_id}",
-            detail={"changed": changed, "from": alert.status, "note": note},
-            at=now,
-        )
-        if changed:
-            paging.sync_alert(conn, alert_id, settings=settings, now=now)
+        values = {"status": "resolved", "resolved_at": moment} if changed else {}
+        detail = {"changed": changed, "from": alert.status, "note": note}
+        return _Transition(values, detail, sync=changed)
+
+    alert, digest, _ = _alert_transition(
+        engine, actor, Action.RESOLVE_ALERT, alert_id=alert_id, decide=decide, now=moment,
+        settings=settings,
+    )  # fmt: skip
+    changed = alert.status != "resolved"
     message = (
         f"alert #{alert_id} resolved" if changed else f"alert #{alert_id} was already resolved"
     )
@@ -361,25 +416,15 @@ def escalate_alert(
     """Raise a ticket to a page, and call in the escalation group on the alert's thread."""
     authorize(actor, Action.ESCALATE_ALERT)
     note = _clean(note, "an escalation note", 3)
-    settings = settings or get_settings()
-    now = now or utcnow()
-    with engine.begin() as conn:
-        audit.lock_chain(conn)
-        alert = _alert(conn, alert_id)
+
+    def decide(alert: sa.Row[Any]) -> _Transition:
         if alert.status == "resolved":
             raise ValueError(f"alert #{alert_id} is resolved; open an incident instead")
-        if alert.severity != "page":
-            conn.execute(sa.update(A).where(A.c.id == alert_id).values(severity="page"))
-        digest = audit.append(
-            conn,
-            actor=actor.name,
-            role=actor.role.value,
-            action=Action.ESCALATE_ALERT.value,
-            target=f"alert:{alert_id}",
-            detail={"changed": True, "severity_was": alert.severity, "note": note},
-            at=now,
-        )
-        paging.sync_alert(conn, alert_id, settings=settings, now=now)
+        values = {"severity": "page"} if alert.severity != "page" else {}
+        detail = {"changed": True, "severity_was": alert.severity, "note": note}
+        return _Transition(values, detail, sync=True)
+
+    def call_in(conn: Connection, digest: str, settings: Settings, now: datetime) -> tuple[str]:
         key = f"alert:{alert_id}:escalated:{digest[:16]}"
         view = paging.load_alert_view(conn, alert_id)
         assert view is not None
@@ -399,7 +444,13 @@ def escalate_alert(
             now=now,
             broadcast=True,
         )
-    return ActionResult(True, f"alert #{alert_id} escalated", digest, page_keys=(key,))
+        return (key,)
+
+    _, digest, keys = _alert_transition(
+        engine, actor, Action.ESCALATE_ALERT, alert_id=alert_id, decide=decide, then=call_in,
+        now=now, settings=settings,
+    )  # fmt: skip
+    return ActionResult(True, f"alert #{alert_id} escalated", digest, page_keys=keys)
 
 
 def page_now(
@@ -414,20 +465,8 @@ def page_now(
     """Page the on-call now about an alert: a fresh message at the top of the page channel."""
     authorize(actor, Action.PAGE_NOW)
     note = _clean(note, "a note for the page", 3)
-    settings = settings or get_settings()
-    now = now or utcnow()
-    with engine.begin() as conn:
-        audit.lock_chain(conn)
-        _alert(conn, alert_id)
-        digest = audit.append(
-            conn,
-            actor=actor.name,
-            role=actor.role.value,
-            action=Action.PAGE_NOW.value,
-            target=f"alert:{alert_id}",
-            detail={"changed": True, "note": note},
-            at=now,
-        )
+
+    def page(conn: Connection, digest: str, settings: Settings, now: datetime) -> tuple[str]:
         key = f"alert:{alert_id}:page-now:{digest[:16]}"
         paging.enqueue_top_level(
             conn,
@@ -439,7 +478,13 @@ def page_now(
             now=now,
             headline=f"{settings.slack_page_mention} Paged now by {actor}: {note}",
         )
-    return ActionResult(True, f"page for alert #{alert_id} queued", digest, page_keys=(key,))
+        return (key,)
+
+    _, digest, keys = _alert_transition(
+        engine, actor, Action.PAGE_NOW, alert_id=alert_id, then=page, now=now, settings=settings,
+        decide=lambda _alert: _Transition({}, {"changed": True, "note": note}, sync=False),
+    )  # fmt: skip
+    return ActionResult(True, f"page for alert #{alert_id} queued", digest, page_keys=keys)
 
 
 def retry_page(
@@ -477,3 +522,89 @@ def retry_page(
     return ActionResult(
         changed, f"page {row.dedup_key} queued again" if changed else "not failed", digest
     )
+
+
+def check_threshold(value: float) -> float:
+    """An alert threshold is a risk strictly between 0 and 1 (0 or 1 would alert on every
+    score or on none)."""
+    threshold = float(value)
+    if not math.isfinite(threshold) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"an alert threshold must be between 0 and 1 (exclusive), not {value!r}")
+    return threshold
+
+
+def _deployment(
+    conn: Connection, *, model: str, site: str, version: str | None, arm: str, unit: str
+) -> sa.Row[Any]:
+    """The one deployment named (read under the caller's chain lock); LookupError when there
+    is none, ValueError when several versions match and none was named."""
+    scope = resolve_scope(conn, model=model, site=site, version=version)
+    query = (
+        sa.select(D.c.id, D.c.alert_threshold, V.c.version)
+        .join(V, V.c.id == D.c.version_id)
+        .where(
+            D.c.model_id == scope.model_id,
+            D.c.site_id == scope.site_id,
+            D.c.arm == arm,
+            D.c.unit == unit,
+        )
+    )
+    if version is not None:
+        query = query.where(D.c.version_id == scope.version_id)
+    rows: list[sa.Row[Any]] = list(conn.execute(query.order_by(V.c.version)))
+    where = f"{model}{f' {version}' if version else ''} at {site}{f' unit {unit}' if unit else ''}"
+    if not rows:
+        raise LookupError(f"{where} has no {arm} deployment")
+    if len(rows) > 1:
+        versions = ", ".join(str(r.version) for r in rows)
+        raise ValueError(f"{where} runs several {arm} versions ({versions}): name one")
+    return rows[0]
+
+
+def set_alert_threshold(
+    engine: Engine,
+    actor: Actor,
+    *,
+    model: str,
+    site: str,
+    threshold: float,
+    reason: str,
+    version: str | None = None,
+    arm: str = "control",
+    unit: str = "",
+    now: datetime | None = None,
+) -> ActionResult:
+    """Change a deployment's alert threshold (the risk at or above which a score alerts).
+
+    Clinical leads and admins only. The old and new values and the reason are audited; setting
+    the value it already has changes nothing (the attempt is still audited).
+    """
+    authorize(actor, Action.EDIT_THRESHOLDS)
+    threshold = check_threshold(threshold)
+    reason = _clean(reason, "a reason", MIN_REASON)
+    now = now or utcnow()
+    with engine.begin() as conn:
+        audit.lock_chain(conn)  # first: concurrent edits run one after the other
+        row = _deployment(conn, model=model, site=site, version=version, arm=arm, unit=unit)
+        old = float(row.alert_threshold)
+        changed = old != threshold
+        if changed:
+            conn.execute(sa.update(D).where(D.c.id == row.id).values(alert_threshold=threshold))
+        target = f"threshold:{model}@{site}#{row.version}/{arm}" + (f"/{unit}" if unit else "")
+        digest = audit.append(
+            conn,
+            actor=actor.name,
+            role=actor.role.value,
+            action=Action.EDIT_THRESHOLDS.value,
+            target=target,
+            detail={"changed": changed, "from": old, "to": threshold, "reason": reason},
+            at=now,
+        )
+    where = f"{model} {row.version} at {site} ({arm}{f', unit {unit}' if unit else ''})"
+    message = (
+        f"{where}: alert threshold {old:g} → {threshold:g}"
+        if changed
+        else f"{where}: alert threshold is already {old:g}; nothing changed (audited)"
+    )
+    logger.info("%s by %s", message, actor)
+    return ActionResult(changed, message, digest)

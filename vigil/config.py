@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     leader_poll_seconds: float = Field(default=5.0, gt=0)
     # Drop-folder files larger than this are rejected whole with one clear error.
     max_file_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # A line (JSON Lines, NDJSON, CSV) longer than this is quarantined as `line_too_long`; the
+    # collectors read it once per process (collectors.contracts.MAX_LINE_BYTES).
+    max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024**2)
 
     @field_validator("database_url")
     @classmethod

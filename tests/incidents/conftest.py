@@ -177,7 +177,15 @@ def recover(engine: Engine, alert_id: int, at: datetime) -> None:
         )
 
 
-SNAPSHOT_TABLES = ("alert", "killswitch", "auditevent", "audithead", "pageoutbox", "incident")
+SNAPSHOT_TABLES = (
+    "alert",
+    "killswitch",
+    "auditevent",
+    "audithead",
+    "pageoutbox",
+    "incident",
+    "deployment",
+)
 
 
 def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:

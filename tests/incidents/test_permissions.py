@@ -36,6 +36,7 @@ def test_the_matrix_in_one_place() -> None:
         "oncall",
     ]
     assert allowed["resolve_alert"] == ["admin", "incident_responder", "oncall"]
+    assert allowed["edit_thresholds"] == ["admin", "clinical_lead"]
     assert allowed["export_report"] == sorted(r.value for r in Role)
     # A viewer can only read and export.
     assert [a for a in Action if can(Actor("v", Role.VIEWER), a)] == [Action.EXPORT_REPORT]
@@ -84,6 +85,10 @@ def _calls(
             engine, a, model="deterioration", site="UMC", version="2.1.0",
             reason="canary failed: alert rate", now=NOW, settings=SETTINGS,
         ),
+        Action.EDIT_THRESHOLDS: lambda a: actions.set_alert_threshold(
+            engine, a, model="deterioration", site="UMC", threshold=0.03,
+            reason="alert burden over its limit", now=NOW,
+        ),
         Action.EXPORT_REPORT: lambda a: export_report(
             engine, a, month=Month(2026, 8), out_dir=out_dir, pdf=False, now=NOW
         ),
@@ -110,8 +115,7 @@ def test_every_role_that_must_not_act_is_refused_and_nothing_changes(
 ) -> None:
     alert_id, outbox_id = prepare(engine)
     calls = _calls(engine, alert_id, outbox_id, tmp_path)
-    # Thresholds are edited in config/*.yaml under review; no action function edits them yet.
-    assert set(calls) == set(Action) - {Action.EDIT_THRESHOLDS}
+    assert set(calls) == set(Action)
     refused = 0
     for action, call in calls.items():
         for role in Role:
@@ -122,13 +126,14 @@ def test_every_role_that_must_not_act_is_refused_and_nothing_changes(
                 call(Actor(f"Someone ({role.value})", role))
             assert snapshot(engine) == before, (action, role)
             refused += 1
-    assert refused == 20  # the matrix's refusals over these eleven actions
+    assert refused == 23  # the matrix's refusals over all twelve actions
 
     # And the roles that may act do change things (so the refusals above mean something).
     before = snapshot(engine)
     calls[Action.ACKNOWLEDGE_ALERT](Actor("Cleo Lead", Role.CLINICAL_LEAD))
     calls[Action.DISABLE_SCORE](Actor("Ada Admin", Role.ADMIN))
     calls[Action.RETRY_PAGE](Actor("Olu Oncall", Role.ONCALL))
+    calls[Action.EDIT_THRESHOLDS](Actor("Cleo Lead", Role.CLINICAL_LEAD))
     after = snapshot(engine)
-    for table in ("alert", "killswitch", "auditevent", "pageoutbox"):
+    for table in ("alert", "killswitch", "auditevent", "pageoutbox", "deployment"):
         assert after[table] != before[table], table

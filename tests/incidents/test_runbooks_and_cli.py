@@ -171,3 +171,29 @@ def test_vigil_api_starts_a_server_that_answers_over_http(engine: Engine, db_url
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_cli_escalates_pages_and_resolves_with_a_note(cli_env: None, engine: Engine) -> None:
+    alert_id = breach(engine, severity="ticket")
+    who = ["--actor", "Olu", "--role", "oncall"]
+    missing = runner.invoke(app, ["alert", "resolve", str(alert_id), *who])
+    assert missing.exit_code == 2 and "--note" in missing.output
+    for command, note, said in (
+        ("escalate", "need the clinical lead", "escalated"),
+        ("page", "please look now", "queued"),
+        ("resolve", "lab mapping fixed", "resolved"),
+    ):
+        done = runner.invoke(app, ["alert", command, str(alert_id), "--note", note, *who])
+        assert done.exit_code == 0 and f"alert #{alert_id} {said}" in done.output, done.output
+    again = runner.invoke(app, ["alert", "escalate", str(alert_id), "--note", "again", *who])
+    assert again.exit_code == 2 and "is resolved; open an incident instead" in again.output
+    viewer = runner.invoke(
+        app, ["alert", "ack", str(alert_id), "--actor", "Vera", "--role", "viewer"]
+    )
+    assert viewer.exit_code == 3 and "may not acknowledge_alert" in viewer.output
+    log = runner.invoke(app, ["audit", "log", "--limit", "3"])
+    assert [line.split()[5] for line in log.output.splitlines()] == [
+        "resolve_alert",
+        "page_now",
+        "escalate_alert",
+    ]

@@ -31,17 +31,14 @@ TITLES = {"phi": "Patient identifiers (PHI)", "database": "Database outages"}
 
 # What the suite does not (yet) prove, said plainly.
 GAPS = (
-    "Edit thresholds has no action function yet (thresholds change in config/*.yaml under "
-    "review); the permission matrix covers the other eleven actions.",
-    "The line-size limit is the contract's constant (64 KiB, collectors/contracts.py), not a "
-    "setting; the file-size limit is VIGIL_MAX_FILE_BYTES.",
-    "Drop-folder links are refused before any file is read; a link swapped in between that "
-    "check and the read (a race by someone who can write to the drop folder) is not "
-    "prevented: the readers open paths without O_NOFOLLOW.",
     "OIDC sign-in for production (app/session.py, Streamlit st.login) is not exercised here; "
     "the demo accounts' password hashes are.",
-    "The governance report is scanned for raw identifiers as HTML; its PDF is not. Injected "
-    "markup is checked in Slack messages and the report, not in the dashboard's pages.",
+    "The dashboard is checked for injected markup through AppTest's rendered elements (what "
+    "Streamlit is asked to draw), not in a browser; emoji shortcodes (:smile:) in free text "
+    "still render as emoji.",
+    "The drop folder's links are refused at the open (O_NOFOLLOW below the inbox, fstat); "
+    "moving a finished file out of the folder goes by path, so a folder swapped for a link "
+    "at that moment is moved as the link, but the rename itself is not race-free.",
     "The SQLite leader lock is a host lock (flock beside the database file): it does not "
     "guard schedulers on different machines sharing a network file system.",
 )

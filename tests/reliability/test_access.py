@@ -58,7 +58,7 @@ def test_permission_matrix_over_every_action_and_role(
         failures=len(wrong),
     )
     assert not wrong, wrong
-    assert set(calls) | {Action.EDIT_THRESHOLDS} == set(Action)
+    assert set(calls) == set(Action)
 
 
 def test_api_tokens_are_hashed_and_compared_in_constant_time(

@@ -12,18 +12,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from collectors.base import FileUnreadable, IngestResult
-from collectors.contracts import MAX_LINE_BYTES
+from collectors.contracts import MAX_LINE_BYTES, size_text
 from collectors.runner import collect_files, collect_inbox
 from incidents import paging
 from store.models import Prediction, Quarantine, table_of
+from tests.app.test_hostile_text import app_env, seeded
 from tests.collectors.sources import NOW, SECRET, write_parquet
 from tests.factories import T0, prediction, write_jsonl
 from tests.reliability.conftest import Record, database_of
 
+__all__ = ["app_env", "seeded"]
 P, Q = table_of(Prediction), table_of(Quarantine)
 _ids = iter(range(500_000, 600_000))
 
@@ -120,7 +123,8 @@ def test_size_limits_on_files_and_lines(
             misses.append(f"{name}: {landed} landed, reasons {reasons}")
     record(
         area="hostile input",
-        fault="a line over the line limit (64 KiB) among good lines",
+        fault=f"a line over the line limit (VIGIL_MAX_LINE_BYTES, {size_text(MAX_LINE_BYTES)}) "
+        "among good lines",
         database=database,
         expected="that line quarantined as line_too_long; the lines around it land",
         observed=f"lines of {', '.join(pads)}: " + ("as expected" if not misses else f"{misses}"),
@@ -357,3 +361,116 @@ def test_markup_in_free_text_is_escaped_in_the_governance_report(
         failures=sum(not v for v in checks.values()),
     )
     assert all(checks.values()), checks
+
+
+def test_a_link_swapped_in_after_the_drop_folder_was_listed_is_not_followed(
+    engine: Engine, db_url: str, tmp_path: Path, record: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the listing check cannot close: between `unsafe_entries` and the open, a file
+    (or a folder on its path) is replaced by a link to data outside the drop folder."""
+    inbox, processed, outside = tmp_path / "inbox", tmp_path / "processed", tmp_path / "outside"
+    outside_file = write_jsonl(outside / "predictions-secret.jsonl", [P_(), P_(), P_()])
+    write_jsonl(outside / "sub" / "predictions-nested.jsonl", [P_(), P_(), P_()])
+    original = {p: p.read_bytes() for p in outside.rglob("*.jsonl")}
+    write_jsonl(inbox / "predictions-file.jsonl", [P_()])
+    write_jsonl(inbox / "sub" / "predictions-nested.jsonl", [P_()])
+    write_jsonl(inbox / "predictions-fifo.jsonl", [P_()])
+    write_jsonl(inbox / "predictions-hard.jsonl", [P_()])
+    write_jsonl(inbox / "predictions-plain.jsonl", [P_(), P_()])
+
+    def file_to_link() -> None:
+        (inbox / "predictions-file.jsonl").unlink()
+        os.symlink(outside_file, inbox / "predictions-file.jsonl")
+
+    def folder_to_link() -> None:
+        (inbox / "sub").rename(tmp_path / "sub-moved-away")
+        os.symlink(outside / "sub", inbox / "sub")
+
+    def file_to_fifo() -> None:
+        (inbox / "predictions-fifo.jsonl").unlink()
+        os.mkfifo(inbox / "predictions-fifo.jsonl")
+
+    def file_to_hard_link() -> None:
+        (inbox / "predictions-hard.jsonl").unlink()
+        os.link(outside_file, inbox / "predictions-hard.jsonl")
+
+    swaps = {
+        "predictions-file.jsonl": (file_to_link, "symbolic link"),
+        "predictions-nested.jsonl": (folder_to_link, "symbolic link"),
+        "predictions-fifo.jsonl": (file_to_fifo, "not a regular file"),
+        "predictions-hard.jsonl": (file_to_hard_link, "hard link"),
+    }
+    from collectors import runner
+
+    size_check = runner.check_size
+
+    def swap_then_check(path: Path, max_bytes: int) -> None:
+        swap = swaps.get(path.name)
+        if swap is not None:  # listed as a plain file; replaced just before it is opened
+            swap[0]()
+        size_check(path, max_bytes)
+
+    monkeypatch.setattr(runner, "check_size", swap_then_check)
+    results = runner.collect_inbox(engine, inbox, processed, secret=SECRET, now=lambda: NOW)
+    by_name = {r.path.name: r for r in results}
+    misses: list[str] = []
+    for name, (_, problem) in swaps.items():
+        outcome = by_name.get(name)
+        if not isinstance(outcome, FileUnreadable) or problem not in outcome.problem:
+            misses.append(f"{name}: {outcome!r}")
+    if not isinstance(by_name.get("predictions-plain.jsonl"), IngestResult):
+        misses.append(f"the plain file was not read: {by_name.get('predictions-plain.jsonl')!r}")
+    landed = _count(engine)
+    if landed != 2:  # the plain file's two rows; none of the nine outside
+        misses.append(f"{landed} predictions landed, expected 2 (nothing from outside)")
+    if {p: p.read_bytes() for p in outside.rglob("*.jsonl")} != original:
+        misses.append("a file outside the drop folder changed or moved")
+    for name in ("predictions-file.jsonl", "sub"):
+        if not (processed / "rejected" / name).is_symlink():
+            misses.append(f"the swapped-in link {name} was not moved to rejected/ as a link")
+    record(
+        area="hostile input",
+        fault="a drop-folder file (or a folder on its path) replaced by a symbolic link, a hard "
+        "link or a FIFO after the folder was checked, before the file is opened",
+        database=database_of(db_url),
+        expected="opened with O_NOFOLLOW below the inbox and checked by fstat: the link is "
+        "refused, never followed; nothing from outside lands; no hang on the FIFO",
+        observed=f"{len(swaps)} swaps: "
+        + (
+            "each refused with a clear error; 2 plain rows landed, none from outside"
+            if not misses
+            else f"{misses}"
+        ),
+        trials=len(swaps),
+        failures=len(misses),
+    )
+    assert not misses, misses
+
+
+def test_markup_in_free_text_is_shown_escaped_on_every_dashboard_page(
+    seeded: Engine, db_url: str, record: Record
+) -> None:
+    from tests.app.test_hostile_text import FIELDS, PAGES, scan_pages
+
+    leaks, unseen, rendered = scan_pages()
+    record(
+        area="hostile input",
+        fault="HTML, script, Markdown links and images, Streamlit directives and Slack "
+        f"mentions in {len(FIELDS)} free-text fields (kill-switch reason, actor, incident "
+        "title, audit notes, alert text, model and version names, model title and lineage, "
+        f"quarantine detail and row) on every dashboard page ({len(PAGES)} pages, as admin "
+        "and as viewer)",
+        database=database_of(db_url),
+        expected="shown as text: no st.html or unsafe_allow_html element carries it, every "
+        "Markdown-rendered text (markdown, captions, headings, alerts, labels) escapes it; "
+        "each field is shown somewhere",
+        observed=(
+            f"{rendered} page renders: every field shown, none live"
+            if not leaks and not unseen
+            else f"live: {leaks}; never shown: {unseen}"
+        ),
+        trials=rendered,
+        failures=sum(map(len, leaks.values())) + len(unseen),
+    )
+    assert not leaks, leaks
+    assert not unseen, unseen

@@ -1,6 +1,6 @@
 """PHI: after a seeded demo ingest, a monitor cycle, paging to the fake Slack and the monthly
 report, the raw encounter ids of the seed files are nowhere: not in the database file, the
-logs, the Slack payloads or the report."""
+logs, the Slack payloads, the report's HTML or its exported PDF (as `pdftotext` reads it)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from reports.export import PdfError, chromium_path
 from store.models import utcnow
 from tests.collectors.test_pseudonym import _store_text
 from tests.fakes.slack import TOKEN, FakeSlack
@@ -23,6 +24,29 @@ from tests.reliability.conftest import REPO, Record, database_of
 
 __all__ = ["fake_slack"]
 SECRET = "phi-scan-secret-key"
+
+
+def pdf_tools() -> str | None:
+    """Why the PDF cannot be printed and read here (None: it can)."""
+    try:
+        chromium_path()
+    except PdfError as exc:
+        return str(exc)
+    return None if shutil.which("pdftotext") else "no pdftotext (Debian's poppler-utils)"
+
+
+def pdf_text(folder: Path) -> str:
+    """The text of every PDF in `folder`, as a reader (or a copy-paste) gets it."""
+    return "\n".join(
+        subprocess.run(
+            ["pdftotext", "-layout", str(path), "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        for path in sorted(folder.glob("*.pdf"))
+    )
 
 
 def _vigil(env: dict[str, str], *args: str) -> str:
@@ -65,8 +89,15 @@ def scan(engine: Engine, db_url: str, tmp_path: Path, fake_slack: FakeSlack) -> 
     logs = _vigil(env, "ops", "cycle")  # collect the drop folder, refresh, every monitor
     logs += _vigil(env, "page", "run")
     month = utcnow().strftime("%Y-%m")
-    logs += _vigil(env, "report", "--month", month, "--out", str(tmp_path / "report"), "--no-pdf")
-    report = "\n".join(p.read_text(encoding="utf-8") for p in (tmp_path / "report").glob("*.html"))
+    missing = pdf_tools()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"the PDF must be scanned in CI: {missing}", pytrace=False)
+    out = tmp_path / "report"
+    logs += _vigil(
+        env, "report", "--month", month, "--out", str(out), *(["--no-pdf"] if missing else [])
+    )
+    report = "\n".join(p.read_text(encoding="utf-8") for p in out.glob("*.html"))
+    pdf = None if missing else pdf_text(out)
     engine.dispose()
     return {
         "raw_ids": raw_ids,
@@ -74,6 +105,9 @@ def scan(engine: Engine, db_url: str, tmp_path: Path, fake_slack: FakeSlack) -> 
         "logs": logs,
         "slack": fake_slack.raw_requests_text(),
         "report": report,
+        "pdf": pdf,
+        "pdf_missing": missing,
+        "pdfs": len(list(out.glob("*.pdf"))),
         "pages": len(fake_slack.messages()),
     }
 
@@ -103,21 +137,23 @@ def test_no_raw_encounter_id_leaves_ingestion(
     raw_ids: set[str] = scan["raw_ids"]  # type: ignore[assignment]
     assert len(raw_ids) > 100 and scan["pages"] and scan["report"] and scan["logs"]
     assert all(ID_SHAPE.fullmatch(raw) for raw in raw_ids)
-    found = {
-        place: _leaks(str(scan[place]), raw_ids)
-        for place in ("database", "logs", "slack", "report")
-    }
+    places = ["database", "logs", "slack", "report"] + (["pdf"] if scan["pdf"] is not None else [])
+    if scan["pdf"] is not None:  # a PDF per model, each with text to scan
+        assert scan["pdfs"] and len(str(scan["pdf"])) > 1000, scan["pdfs"]
+    found = {place: _leaks(str(scan[place]), raw_ids) for place in places}
     outside_prediction_ids = {p: a - only for p, (a, only) in found.items() if a - only}
     record(
         area="phi",
         fault="raw encounter ids of the seed files, after ingest, a monitor cycle, paging and "
-        "the report (prediction ids aside: next row)",
+        "the report as HTML and PDF (prediction ids aside: next row)",
         database=database_of(db_url),
-        expected="none in the database file, logs, Slack payloads or the report",
+        expected="none in the database file, logs, Slack payloads, the report's HTML or its "
+        "PDF (pdftotext)",
         observed=f"{len(raw_ids)} ids scanned for in "
         + ", ".join(f"{p} ({len(str(scan[p])) // 1024} KiB)" for p in found)
         + f": {sum(outside_prediction_ids.values())} found"
-        + (f" {outside_prediction_ids}" if outside_prediction_ids else ""),
+        + (f" {outside_prediction_ids}" if outside_prediction_ids else "")
+        + (f"; the PDF was not scanned: {scan['pdf_missing']}" if scan["pdf"] is None else ""),
         trials=1,
         failures=int(bool(outside_prediction_ids)),
     )
@@ -134,6 +170,8 @@ def test_no_raw_encounter_id_leaves_ingestion(
         trials=1,
         failures=int(bool(in_prediction_ids)),
     )
-    for place in ("logs", "slack", "report"):
+    for place in places[1:]:
         assert found[place] == (0, 0), (place, found[place])
     assert in_prediction_ids == 0
+    if scan["pdf"] is None:
+        pytest.skip(f"the PDF was not scanned (outside CI): {scan['pdf_missing']}")

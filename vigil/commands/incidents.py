@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -180,6 +181,66 @@ def score_enable(
     )
 
 
+# ---------------------------------------------------------------- alert thresholds
+
+threshold_app = typer.Typer(
+    help="Deployment alert thresholds: show or change them.", no_args_is_help=True
+)
+
+
+@threshold_app.command("list")
+def threshold_list(
+    model: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+) -> None:
+    """Every deployment's alert threshold."""
+    from store.queries import registry_overview
+
+    deployments = registry_overview(engine=_engine())["deployments"]
+    if deployments.empty:
+        typer.echo("no deployments")
+    for row in deployments.to_dict("records"):
+        if model and row["model"] != model:
+            continue
+        unit = f", unit {row['unit']}" if row["unit"] else ""
+        typer.echo(
+            f"{row['model']} {row['version']} at {row['site']} ({row['arm']}{unit}): "
+            f"{row['alert_threshold']:g}"
+        )
+
+
+@threshold_app.command("set")
+def threshold_set(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. deterioration.")],
+    site: Annotated[str, typer.Option(help="Site code, e.g. UMC.")],
+    value: Annotated[float, typer.Option(help="The new threshold, between 0 and 1.")],
+    reason: Annotated[str, typer.Option(help="Why (audited; no patient data).")],
+    actor: ActorName,
+    role: RoleName,
+    version: Annotated[
+        str | None, typer.Option(help="The version (needed when several run in the arm).")
+    ] = None,
+    arm: Annotated[str, typer.Option(help="control, canary or shadow.")] = "control",
+    unit: Annotated[str, typer.Option(help="The unit, for a single-unit deployment.")] = "",
+) -> None:
+    """Change a deployment's alert threshold (clinical leads and admins)."""
+    from incidents import actions
+
+    who = _actor(actor, role)
+    _run_action(
+        lambda: actions.set_alert_threshold(
+            _engine(),
+            who,
+            model=model,
+            site=site,
+            threshold=value,
+            reason=reason,
+            version=version,
+            arm=arm,
+            unit=unit,
+        )
+    )
+
+
 # ---------------------------------------------------------------- alerts
 
 alert_app = typer.Typer(help="Alerts: list, acknowledge, escalate, resolve, page now.")
@@ -202,56 +263,37 @@ def alert_list(
         )
 
 
-def _alert_action(name: str, alert_id: int, note: str, actor: str, role: str) -> None:
-    from incidents import actions
+def _alert_command(action: str, summary: str, note: Any) -> Callable[..., None]:
+    """A command that runs one alert action (`incidents.actions.<action>`) as the actor."""
 
-    call = getattr(actions, name)
-    who = _actor(actor, role)
-    _run_action(lambda: call(_engine(), who, alert_id=alert_id, note=note))
+    def command(
+        alert_id: Annotated[int, typer.Argument(help="Alert number.")],
+        actor: ActorName,
+        role: RoleName,
+        note: str = note,
+    ) -> None:
+        from incidents import actions
 
+        call = getattr(actions, action)
+        who = _actor(actor, role)
+        _run_action(lambda: call(_engine(), who, alert_id=alert_id, note=note))
 
-@alert_app.command("ack")
-def alert_ack(
-    alert_id: Annotated[int, typer.Argument(help="Alert number.")],
-    actor: ActorName,
-    role: RoleName,
-    note: Annotated[str, typer.Option(help="Optional note.")] = "",
-) -> None:
-    """Acknowledge an alert (stops re-paging)."""
-    _alert_action("acknowledge_alert", alert_id, note, actor, role)
-
-
-@alert_app.command("escalate")
-def alert_escalate(
-    alert_id: Annotated[int, typer.Argument(help="Alert number.")],
-    note: Annotated[str, typer.Option(help="Why, and whom you need.")],
-    actor: ActorName,
-    role: RoleName,
-) -> None:
-    """Escalate an alert (a ticket becomes a page; the escalation group is called)."""
-    _alert_action("escalate_alert", alert_id, note, actor, role)
+    command.__doc__ = summary
+    return command
 
 
-@alert_app.command("resolve")
-def alert_resolve(
-    alert_id: Annotated[int, typer.Argument(help="Alert number.")],
-    note: Annotated[str, typer.Option(help="What was done.")],
-    actor: ActorName,
-    role: RoleName,
-) -> None:
-    """Resolve an alert by hand."""
-    _alert_action("resolve_alert", alert_id, note, actor, role)
-
-
-@alert_app.command("page")
-def alert_page(
-    alert_id: Annotated[int, typer.Argument(help="Alert number.")],
-    note: Annotated[str, typer.Option(help="What you need from the on-call.")],
-    actor: ActorName,
-    role: RoleName,
-) -> None:
-    """Page the on-call about an alert now."""
-    _alert_action("page_now", alert_id, note, actor, role)
+for _name, _action, _summary, _note in (
+    ("ack", "acknowledge_alert", "Acknowledge an alert (stops re-paging).",
+     typer.Option("", help="Optional note.")),
+    ("escalate", "escalate_alert",
+     "Escalate an alert (a ticket becomes a page; the escalation group is called).",
+     typer.Option(..., help="Why, and whom you need.")),
+    ("resolve", "resolve_alert", "Resolve an alert by hand.",
+     typer.Option(..., help="What was done.")),
+    ("page", "page_now", "Page the on-call about an alert now.",
+     typer.Option(..., help="What you need from the on-call.")),
+):  # fmt: skip
+    alert_app.command(_name)(_alert_command(_action, _summary, _note))
 
 
 # ---------------------------------------------------------------- paging
@@ -309,5 +351,6 @@ def register(app: typer.Typer) -> None:
     app.command("hash-token")(hash_token)
     app.add_typer(audit_app, name="audit")
     app.add_typer(score_app, name="score")
+    app.add_typer(threshold_app, name="threshold")
     app.add_typer(alert_app, name="alert")
     app.add_typer(page_app, name="page")
