@@ -42,8 +42,10 @@ run: setup
 	$(BIN)/vigil bootstrap
 	$(BIN)/vigil serve
 
+# One test worker per core (pytest-xdist), a whole file per worker so module fixtures build
+# once; VIGIL_TEST_WORKERS=0 runs in this process.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $${VIGIL_TEST_WORKERS:-auto} --dist loadfile
 
 # PostgreSQL figures run when a server answers on 127.0.0.1:5432 (or VIGIL_BENCH_POSTGRES_URL is set).
 bench: setup

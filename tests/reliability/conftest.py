@@ -9,6 +9,7 @@ run updates only what it ran. `python -m tests.reliability.report` writes RELIAB
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -87,13 +88,24 @@ def load_results(path: Path = RESULTS) -> list[dict[str, object]]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Merge this process's rows into the results file. Test worker processes (pytest-xdist)
+    each finish their own session, so the read-merge-write holds a lock on the file."""
     if not _outcomes:
         return
     fresh = {(o.area, o.fault, o.database): asdict(o) for o in _outcomes}
-    kept = [
-        row for row in load_results() if (row["area"], row["fault"], row["database"]) not in fresh
-    ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    rows = kept + list(fresh.values())
-    payload = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "results": rows}
-    RESULTS.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    with open(RESULTS.with_name(RESULTS.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = [
+            row
+            for row in load_results()
+            if (row["area"], row["fault"], row["database"]) not in fresh
+        ]
+        rows = kept + list(fresh.values())
+        payload = {
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "results": rows,
+        }
+        partial = RESULTS.with_name(RESULTS.name + f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        partial.replace(RESULTS)
