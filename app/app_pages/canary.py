@@ -13,9 +13,9 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
-from app import charts, data, session
+from app import charts, data, session, ui
 from incidents import promotion
-from incidents.auth import Action, PermissionDenied, can
+from incidents.auth import Action, can
 from monitors.canary import CanaryConfig
 from store.models import LATENCY_BIN_EDGES, SCORE_BIN_EDGES
 from vigil.config import get_settings
@@ -28,13 +28,8 @@ MET = {True: "✅ met", False: "❌ not met", None: "⏳ not yet known"}
 
 
 def _run(call: Any) -> None:
-    try:
-        result = call()
-    except PermissionDenied as exc:
-        st.error(f"Refused: {exc}", icon=":material/block:")
-        return
-    except (ValueError, LookupError) as exc:
-        st.error(str(exc), icon=":material/error:")
+    result = ui.run_action(call)
+    if result is None:
         return
     data.clear_canary_caches()
     st.session_state["canary_flash"] = result.message
