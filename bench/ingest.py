@@ -324,6 +324,7 @@ def postgres_figure(url: str, source: Path, stored: list[tuple[Any, ...]]) -> Fi
         tables = ", ".join(
             table_of(model).name for model in (Prediction, Quarantine, IngestCheckpoint)
         )
+        tables += ", prediction_key"  # the stored ids, else a rerun inserts nothing
 
         def empty() -> None:
             with engine.begin() as conn:

@@ -3,7 +3,8 @@
 SQLite: one `executemany` of an INSERT … ON CONFLICT DO NOTHING compiled once per table, with
 values already in the store's storage form, so no per-value type processing runs in Python;
 the driver's rowcount counts the new rows exactly. PostgreSQL: COPY into a temporary table,
-then one INSERT … SELECT … ON CONFLICT DO NOTHING, whose rowcount is exact too.
+then one INSERT … SELECT … ON CONFLICT DO NOTHING, whose rowcount is exact too (predictions:
+their ids into `prediction_key` first, see `_prediction_insert` and store/partitions.py).
 
 Timestamps are passed as UTC text in the form SQLAlchemy's SQLite dialect stores
 (`utc_text`); PostgreSQL reads the same text in a transaction whose time zone is UTC.
@@ -24,9 +25,13 @@ from pydantic import TypeAdapter
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
+from store.partitions import ensure_partitions_for_write
+
 if TYPE_CHECKING:
     import psycopg
 
+
+PREDICTION_TABLE = "prediction"  # on PostgreSQL: month partitions and `prediction_key`
 
 # pydantic gives every timestamp written with "Z" this one time zone object: a timestamp that
 # has it needs no conversion (an identity test is far cheaper than utcoffset()).
@@ -106,6 +111,9 @@ def _copy_insert(
 ) -> int:
     names = ", ".join(f'"{c}"' for c in columns)
     stage = f"vigil_stage_{table.name}"
+    if table.name == PREDICTION_TABLE:
+        hour = columns.index("scored_hour")
+        ensure_partitions_for_write(conn, {row[hour] for row in rows})
     driver = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
     with driver.cursor() as cursor:
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")
@@ -116,10 +124,30 @@ def _copy_insert(
         with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cursor.execute(
-            f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage} '
-            "ON CONFLICT DO NOTHING"
-        )
+        if table.name == PREDICTION_TABLE:
+            cursor.execute(_prediction_insert(stage, columns))
+        else:
+            cursor.execute(
+                f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage} '
+                "ON CONFLICT DO NOTHING"
+            )
         inserted = int(cursor.rowcount)
         cursor.execute(f"TRUNCATE {stage}")
     return inserted
+
+
+def _prediction_insert(stage: str, columns: tuple[str, ...]) -> str:
+    """PostgreSQL: the partitioned `prediction` enforces no unique prediction_id, so the ids go
+    into `prediction_key` first and only the rows whose id it accepted are inserted. The
+    statement's rowcount is theirs. The stage's prediction ids are distinct (the sink refuses
+    an id repeated within a batch)."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    staged = ", ".join(f's."{c}"' for c in columns)
+    return (
+        "WITH accepted AS ("
+        "INSERT INTO prediction_key (prediction_id, content_hash, scored_hour) "
+        f"SELECT prediction_id, content_hash, scored_hour FROM {stage} "
+        "ON CONFLICT DO NOTHING RETURNING prediction_id) "
+        f"INSERT INTO prediction ({names}) SELECT {staged} FROM {stage} AS s "
+        "JOIN accepted AS a ON a.prediction_id = s.prediction_id"
+    )

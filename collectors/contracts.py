@@ -65,6 +65,7 @@ REASONS: dict[str, str] = {
     "unknown_version": "a model version that is not in the registry",
     "unknown_outcome": "an outcome no registered model predicts",
     "duplicate_conflict": "a prediction_id already stored with different content (kept the first)",
+    "expired": "a prediction scored before the retention horizon (its month was removed)",
     "wrong_resource_type": "a FHIR resource that is not a RiskAssessment",
     "invalid_fhir": "a resource that fails FHIR R4 validation (fhir.resources)",
     "missing_msh": "HL7 segments before any MSH segment",

@@ -48,6 +48,7 @@ from store.models import (
     table_of,
     utcnow,
 )
+from store.partitions import PREDICTION_KEY, partitioned, stored_horizon
 from store.registry import RegistryLookup
 
 PREDICTIONS = table_of(Prediction)
@@ -83,6 +84,7 @@ PREDICTION_COLUMNS = (
     "ingested_at",
 )
 _HASH = PREDICTION_COLUMNS.index("content_hash")
+_HOUR = PREDICTION_COLUMNS.index("scored_hour")
 _IN_LIST = 5000  # prediction ids per IN (...) lookup
 
 
@@ -120,6 +122,7 @@ class PredictionSink:
         score_edges, latency_edges, last_bin = SCORE_BIN_EDGES, LATENCY_BIN_EDGES, SCORE_BINS - 1
         hours: dict[str, int] = {}
         hour_texts: dict[int, str] = {}
+        threshold_texts: dict[float, str] = {}
         utc = PYDANTIC_UTC
         ingested = utc_text(utcnow())
         for index, rec in enumerate(batch.records):
@@ -189,10 +192,18 @@ class PredictionSink:
                 logit = log(clipped / (1 - clipped))
             inputs = rec.inputs
             inputs_json = None if inputs is None else inputs_text(inputs)
+            # repr() of the few thresholds in use, remembered (not for 0.0: -0.0 is equal to it)
+            threshold = rec.threshold
+            threshold_text = threshold_texts.get(threshold) if threshold else None
+            if threshold_text is None:
+                threshold_text = repr(threshold)
+                if threshold and type(threshold) is float and len(threshold_texts) < 1000:
+                    threshold_texts[threshold] = threshold_text
             content = (
                 f"{prediction_id}\x1f{rec.model}\x1f{rec.model_version}\x1f{rec.site}\x1f"
                 f"{rec.unit}\x1f{encounter}\x1f{trigger}\x1f{scored}\x1f{delivered}\x1f"
-                f"{score!r}\x1f{rec.threshold!r}\x1f{rec.alert:d}\x1f{rec.arm}\x1f{rec.status}"
+                f"{score!r}\x1f{threshold_text}\x1f{'1' if rec.alert else '0'}\x1f{rec.arm}"
+                f"\x1f{rec.status}"
                 f"\x1f{inputs_json}"
             )
             digest = blake2b(content.encode(), digest_size=16).hexdigest()
@@ -240,6 +251,9 @@ class PredictionSink:
     ) -> list[tuple[int, ContractViolation]]:
         rows, origin = prepared.rows, prepared.origin
         refused: list[tuple[int, ContractViolation]] = []
+        horizon = stored_horizon(conn)
+        if horizon is not None and rows and min(row[_HOUR] for row in rows) < horizon:
+            rows, origin, refused = _refuse_expired(rows, origin, horizon)
         inserted = insert_rows(conn, PREDICTIONS, PREDICTION_COLUMNS, rows)
         result.inserted += inserted
         if inserted < len(rows):
@@ -291,12 +305,33 @@ def _conflict() -> ContractViolation:
     )
 
 
+def _refuse_expired(
+    rows: list[tuple[Any, ...]], origin: list[int], horizon: int
+) -> tuple[list[tuple[Any, ...]], list[int], list[tuple[int, ContractViolation]]]:
+    """Rows scored at or after the retention horizon, their origins, and the others refused:
+    their month's raw predictions were removed, so storing them would rebuild that hour's
+    rollups from these few rows alone."""
+    kept, kept_origin, refused = [], [], []
+    when = datetime.fromtimestamp(horizon * 3600, UTC).date()
+    for row, index in zip(rows, origin, strict=True):
+        if row[_HOUR] >= horizon:
+            kept.append(row)
+            kept_origin.append(index)
+        else:
+            detail = f"scored before {when}: raw predictions before then are removed"
+            refused.append((index, ContractViolation("expired", detail)))
+    return kept, kept_origin, refused
+
+
 def _stored_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
+    """The content hash stored for each known id: from `prediction_key` on PostgreSQL, whose
+    partitioned `prediction` may hold an id's row in any month."""
+    keys = PREDICTION_KEY if partitioned(conn) else PREDICTIONS
     found: dict[str, str] = {}
     for start in range(0, len(ids), _IN_LIST):
         part = ids[start : start + _IN_LIST]
-        query = sa.select(PREDICTIONS.c.prediction_id, PREDICTIONS.c.content_hash).where(
-            PREDICTIONS.c.prediction_id.in_(part)
+        query = sa.select(keys.c.prediction_id, keys.c.content_hash).where(
+            keys.c.prediction_id.in_(part)
         )
         found.update((pid, digest) for pid, digest in conn.execute(query).all())
     return found

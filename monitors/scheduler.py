@@ -8,7 +8,9 @@ by name.
 The chain: `collect` (every minute) ingests the drop folder and refreshes the rollups; each
 registered monitor runs on its own interval (misfire grace = its interval, so a run late by
 less than one interval still happens once, and missed runs coalesce into one) and then syncs
-the alerts of every key its results touched (incidents.alerts.sync_alerts). Every job outcome
+the alerts of every key its results touched (incidents.alerts.sync_alerts); `partitions`
+(daily) makes the coming months' prediction partitions and applies the raw-prediction
+retention (store/partitions.py). Every job outcome
 (ok, error, missed) is logged and kept in `jobstate` under scheduler.job.<id>.
 
 Several scheduler processes may run: one leads through a database lock and runs the jobs, the
@@ -24,7 +26,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from monitors.leader import LeaderLock, leader_lock
 from monitors.registry import MonitorRegistry, default_registry
 from store.db import _sqlite_pragmas, make_engine
 from store.models import SchedulerHeartbeat, table_of, utcnow
+from store.partitions import maintain_partitions
 from store.rollups import get_state, refresh, set_state
 from vigil.config import get_settings
 
@@ -104,6 +107,18 @@ def collect_job() -> None:
     collect_inbox(engine, settings.inbox_dir, settings.processed_dir, secret=settings.pseudonym_key)
     refresh(engine)
     record_heartbeat(engine, started_at=_started_at or utcnow(), job="collect")
+
+
+PARTITIONS_STATE = "partitions.last"  # what the last `partitions` job created and removed
+
+
+def partitions_job() -> None:
+    """The prediction table's coming month partitions, and retention of raw predictions."""
+    engine = _get_engine()
+    report = maintain_partitions(engine, retention_days=get_settings().prediction_retention_days)
+    with engine.begin() as conn:
+        set_state(conn, PARTITIONS_STATE, json.dumps(asdict(report)))
+    record_heartbeat(engine, started_at=_started_at or utcnow(), job="partitions")
 
 
 def run_monitor(
@@ -324,6 +339,15 @@ def build_scheduler(*, simulate: bool = False) -> BackgroundScheduler:
         id="page",
         executor="paging",
         misfire_grace_time=settings.paging_interval_seconds,
+        **common,
+    )
+    # Daily (and at start): next months' prediction partitions, expired raw predictions.
+    scheduler.add_job(
+        partitions_job,
+        "interval",
+        hours=24,
+        id="partitions",
+        misfire_grace_time=24 * 3600,
         **common,
     )
     # The governance report of the month just ended, at 00:15 UTC on the 1st (by name: the

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # A line (JSON Lines, NDJSON, CSV) longer than this is quarantined as `line_too_long`; the
     # collectors read it once per process (collectors.contracts.MAX_LINE_BYTES).
     max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024**2)
+    # Raw predictions are kept this many days (whole months: a month goes once all of it is
+    # older); None keeps everything. Rollups and histograms are kept for the whole history.
+    # At least a month, longer than any model's horizon plus label lag (store/partitions.py).
+    prediction_retention_days: int | None = Field(default=None, ge=31)
 
     @field_validator("database_url")
     @classmethod

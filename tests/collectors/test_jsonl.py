@@ -212,3 +212,25 @@ def test_a_large_file_is_written_with_the_bulk_settings_and_the_connection_gets_
         assert driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     [again] = _collect(engine, path)
     assert again.skipped and _count(engine, Prediction) == 30
+
+
+def test_progress_counts_each_commit_and_adds_up_to_the_file(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "predictions-p.jsonl", [prediction(i) for i in range(1, 26)])
+    steps: list[int] = []
+    [result] = collect_files(
+        engine,
+        [path],
+        secret=SECRET,
+        now=lambda: T0 + timedelta(days=30),
+        batch_units=10,
+        progress=steps.append,
+    )
+    assert result.inserted == 25
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert steps == [
+        sum(map(len, lines[:10])),
+        sum(map(len, lines[10:20])),
+        len(b"".join(lines[20:])),
+    ]

@@ -292,3 +292,59 @@ def test_horizon_end_is_scored_at_plus_the_horizon(hours: float) -> None:
     prepared = sink.prepare(Batch(records=records, units=list(range(200)), payloads=[b""] * 200))
     ends = [row[11] for row in prepared.rows]
     assert ends == [utc_text(m + timedelta(hours=hours)) for m in scored]
+
+
+@pytest.mark.parametrize("alert", [True, False])
+@pytest.mark.parametrize(
+    ("threshold", "text"), [(0.02, "0.02"), (0.0, "0.0"), (-0.0, "-0.0"), (None, "None")]
+)
+def test_the_content_hash_is_the_digest_of_the_stored_values_by_either_way_in(
+    alert: bool, threshold: float | None, text: str
+) -> None:
+    """A stored id is compared by this digest when it comes again: it must not change between
+    releases, nor between the fast lane and the contract, for any alert or threshold."""
+    import hashlib
+
+    from collectors.pseudonym import encounter_key
+
+    registry = RegistryLookup(
+        models={
+            "deterioration": Model(
+                id=1, name="deterioration", title="", outcome="x", horizon_hours=12.0
+            )
+        },
+        versions={("deterioration", "2.0.0"): 1},
+        sites={"UMC": 1},
+    )
+    line = json.dumps(prediction(5, alert=alert, threshold=threshold, score=0.1234)).encode()
+    lane = PredictionLines()(line, None)
+    assert lane is not None
+    contract = validate_json(PredictionRecord, line, {})
+    key = encounter_key("UMC-E0000005", "secret")
+    scored = T0 + timedelta(hours=5)
+    content = "\x1f".join(
+        [
+            "det-UMC-000005",
+            "deterioration",
+            "2.0.0",
+            "UMC",
+            "4W",
+            key,
+            utc_text(scored - timedelta(seconds=60)),
+            utc_text(scored),
+            utc_text(scored + timedelta(seconds=3)),
+            "0.1234",
+            text,
+            "1" if alert else "0",
+            "control",
+            "ok",
+            '{"heart_rate":80.0,"lactate":1.1}',
+        ]
+    )
+    expected = hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+    for records in ([lane], [contract], [lane, contract]):
+        sink = PredictionSink(registry, "secret")
+        batch = Batch(records=records, units=[1] * len(records), payloads=[line] * len(records))
+        prepared = sink.prepare(batch)
+        assert [row[-2] for row in prepared.rows] == [expected]
+        assert prepared.duplicates == len(records) - 1 and not prepared.refused

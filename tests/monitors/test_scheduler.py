@@ -84,6 +84,7 @@ def test_jobs_coalesce_and_never_overlap(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "page",
         "governance-report",
         "governance-summary",
+        "partitions",
         *monitors,
     }
     assert {"monitor:latency_slo", "monitor:feed_freshness", "monitor:site_comparison"} <= set(jobs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,14 +15,35 @@ from sqlmodel import Session, SQLModel, select
 
 from store.db import current_revision, make_engine
 from store.models import JobState, Model, ModelVersion, Site
+from store.partitions import is_partition_object
 from store.registry import sync_registry
 from tests.conftest import REGISTRY
+
+UNIQUE_PREDICTION_ID = "uq_prediction_prediction_id"
+
+
+def _modelled(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Leave out PostgreSQL's physical prediction tables (month partitions, the default
+    partition, prediction_key), which no model describes; test_partitions checks them."""
+    if type_ == "table":
+        return not is_partition_object(name)
+    if type_ in ("index", "unique_constraint", "column", "foreign_key_constraint"):
+        return not is_partition_object(parent_names.get("table_name"))
+    return True
 
 
 def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
     assert current_revision(engine) is not None
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        context = MigrationContext.configure(conn, opts={"include_name": _modelled})
+        diff = compare_metadata(context, SQLModel.metadata)
+    if engine.dialect.name == "postgresql":
+        # The partitioned table cannot hold a unique prediction_id (prediction_key does).
+        unique_id = [
+            d for d in diff if d[0] == "add_constraint" and d[1].name == UNIQUE_PREDICTION_ID
+        ]
+        assert len(unique_id) == 1, diff
+        diff = [d for d in diff if d not in unique_id]
     assert diff == []
 
 
