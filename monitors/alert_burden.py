@@ -57,6 +57,7 @@ from monitors.base import MonitorResult, Status
 from monitors.config import MonitorConfig
 from monitors.durations import EPOCH, epoch_seconds, floor_hour
 from monitors.observed_expected import observed_to_expected
+from monitors.rollup_io import load_sites, model_hours
 from monitors.runner import write_results
 from store.models import (
     AlertBurdenHour,
@@ -508,9 +509,11 @@ def count_alert_hours(
 
 
 def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[list[int], datetime]:
+    # `+ 0`: the updated_at index finds the few new rows; the model's (model_id, site_id, hour)
+    # index range would be its whole history.
     rows = conn.execute(
         sa.select(R.c.hour, sa.func.max(R.c.updated_at))
-        .where(R.c.model_id == model_id, R.c.updated_at > since)
+        .where((R.c.model_id + 0) == model_id, R.c.updated_at > since)
         .group_by(R.c.hour)
     ).all()
     newest = max((r[1] for r in rows), default=since)
@@ -573,8 +576,17 @@ def update_alert_hours(conn: Connection, models: Sequence[Model], config: Monito
 # ---------------------------------------------------------------- the monitor
 
 
-def _hourly_frame(conn: Connection, model_id: int, first_hour: int, end_hour: int) -> pd.DataFrame:
-    """Per site and hour: scored, alerting and shown counts, and settled alert outcomes."""
+def _hourly_frame(
+    conn: Connection,
+    model_id: int,
+    first_hour: int,
+    end_hour: int,
+    *,
+    site_ids: Iterable[int] | None = None,
+) -> pd.DataFrame:
+    """Per site (of `site_ids`; default every site) and hour: scored, alerting and shown counts,
+    and settled alert outcomes. One index range per site, not the model's whole history."""
+    site_ids = load_sites(conn) if site_ids is None else site_ids
     rollups = pd.DataFrame(
         conn.execute(
             sa.select(
@@ -584,11 +596,9 @@ def _hourly_frame(conn: Connection, model_id: int, first_hour: int, end_hour: in
                 sa.func.sum(R.c.n_alert_settled).label("n_alert_settled"),
                 sa.func.sum(R.c.n_alert_positive).label("n_alert_positive"),
             )
-            .where(R.c.model_id == model_id, R.c.hour >= first_hour, R.c.hour < end_hour)
+            .where(model_hours(R, model_id, site_ids, first_hour, end_hour))
             .group_by(R.c.site_id, R.c.hour)
-        )
-        .mappings()
-        .all(),
+        ).all(),
         columns=["site_id", "hour", "n_scored", "n_alert_settled", "n_alert_positive"],
     )
     alerts = pd.DataFrame(
@@ -599,11 +609,9 @@ def _hourly_frame(conn: Connection, model_id: int, first_hour: int, end_hour: in
                 sa.func.sum(AB.c.n_alert).label("n_alert"),
                 sa.func.sum(AB.c.n_shown).label("n_shown"),
             )
-            .where(AB.c.model_id == model_id, AB.c.hour >= first_hour, AB.c.hour < end_hour)
+            .where(model_hours(AB, model_id, site_ids, first_hour, end_hour))
             .group_by(AB.c.site_id, AB.c.hour)
-        )
-        .mappings()
-        .all(),
+        ).all(),
         columns=["site_id", "hour", "n_alert", "n_shown"],
     )
     frame = rollups.astype(float).merge(alerts.astype(float), on=["site_id", "hour"], how="outer")
@@ -887,7 +895,7 @@ def run_alert_burden(
                 if site_ids
                 else 0
             )
-            hourly = _hourly_frame(conn, model.id, end_hour - widest, end_hour)
+            hourly = _hourly_frame(conn, model.id, end_hour - widest, end_hour, site_ids=site_ids)
             for site_id in site_ids:
                 cfg = config.for_monitor(
                     MONITOR, AlertBurdenConfig, model=model.name, site=codes[site_id]

@@ -23,6 +23,7 @@ from monitors.config import MonitorConfig
 from monitors.drift import DriftMeasures, bin_centres, drift_measures, psi_noise_level
 from monitors.rollup_io import (
     EPOCH,
+    Changed,
     changed_since,
     daily_bins,
     daily_inputs,
@@ -37,6 +38,7 @@ from monitors.rollup_io import (
 )
 from monitors.runner import write_results
 from store.models import SCORE_BIN_EDGES, SCORE_BINS, DriftReference, Model, table_of, utcnow
+from store.rollups import sync_daily
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +110,51 @@ def _dense(frame: pd.DataFrame, feature: Feature, first: int, last: int) -> np.n
     return out
 
 
+def _by_site(frame: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    if frame.empty:
+        return {}
+    return {int(site): frame[frame["site_id"] == site] for site in frame["site_id"].unique()}
+
+
+@dataclass(frozen=True)
+class Histograms:
+    """Daily score and input histogram rows of one model, read once for several sites."""
+
+    scores: dict[int, pd.DataFrame]  # site_id -> rows of daily_bins
+    inputs: dict[int, pd.DataFrame]  # site_id -> rows of daily_inputs
+
+    @classmethod
+    def read(
+        cls, conn: Connection, model_id: int, site_ids: list[int], first: int, last: int
+    ) -> Histograms:
+        scores = daily_bins(conn, model_id, first, last, site_ids=site_ids)
+        inputs = daily_inputs(conn, model_id, first, last, site_ids=site_ids)
+        return cls(_by_site(scores), _by_site(inputs))
+
+    def site(self, site_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        empty_scores = pd.DataFrame(columns=["site_id", "period", "bin", "n"])
+        empty_inputs = pd.DataFrame(columns=["site_id", "period", "feature", "bin", "n"])
+        return self.scores.get(site_id, empty_scores), self.inputs.get(site_id, empty_inputs)
+
+
 def _counts(
-    conn: Connection, model: Model, site_id: int, first: int, last: int
+    conn: Connection,
+    model: Model,
+    site_id: int,
+    first: int,
+    last: int,
+    *,
+    read: Histograms | None = None,
 ) -> dict[str, np.ndarray]:
-    """Dense [day, bin] counts of every feature of one model x site over [first, last]."""
+    """Dense [day, bin] counts of every feature of one model x site over [first, last] (from
+    `read` when it holds the site's rows of a range that includes [first, last])."""
     assert model.id is not None
     feats = features_of(model)
-    scores = daily_bins(conn, model.id, first, last, site_id=site_id)
-    inputs = daily_inputs(conn, model.id, first, last, site_id=site_id)
+    if read is not None:
+        scores, inputs = read.site(site_id)
+    else:
+        scores = daily_bins(conn, model.id, first, last, site_id=site_id)
+        inputs = daily_inputs(conn, model.id, first, last, site_id=site_id)
     out: dict[str, np.ndarray] = {}
     for feature in feats:
         if feature.name == SCORE:
@@ -126,6 +165,29 @@ def _counts(
     return out
 
 
+REFERENCE_COLUMNS = ["site_id", "feature", "bin", "n", "reference_start", "reference_end"]
+
+
+def read_references(
+    conn: Connection, model_id: int, site_ids: list[int]
+) -> dict[int, pd.DataFrame]:
+    """The stored reference rows of one model at `site_ids`, per site (one query)."""
+    rows = pd.DataFrame(
+        conn.execute(
+            sa.select(
+                DR.c.site_id,
+                DR.c.feature,
+                DR.c.bin,
+                DR.c.n,
+                DR.c.reference_start,
+                DR.c.reference_end,
+            ).where(DR.c.model_id == model_id, DR.c.site_id.in_(site_ids))
+        ).all(),
+        columns=REFERENCE_COLUMNS,
+    )
+    return _by_site(rows)
+
+
 def ensure_reference(
     conn: Connection,
     *,
@@ -133,18 +195,17 @@ def ensure_reference(
     site_id: int,
     window: tuple[int, int],
     rebuild: bool,
+    stored: pd.DataFrame | None = None,
 ) -> dict[str, np.ndarray]:
-    """The frozen reference counts per feature (dense), building them when missing or stale."""
+    """The frozen reference counts per feature (dense), building them when missing or stale.
+
+    `stored`: the site's stored reference rows, when they were read already (`read_references`).
+    """
     assert model.id is not None
     start, end = day_start(window[0]), day_start(window[1])
-    rows = pd.DataFrame(
-        conn.execute(
-            sa.select(
-                DR.c.feature, DR.c.bin, DR.c.n, DR.c.reference_start, DR.c.reference_end
-            ).where(DR.c.model_id == model.id, DR.c.site_id == site_id)
-        ).all(),
-        columns=["feature", "bin", "n", "reference_start", "reference_end"],
-    )
+    rows = read_references(conn, model.id, [site_id]).get(site_id) if stored is None else stored
+    if rows is None:
+        rows = pd.DataFrame(columns=REFERENCE_COLUMNS)
     stale = (
         rows.empty
         or rebuild
@@ -290,8 +351,10 @@ def run_drift(
         changed = changed_since(conn, watermark)
         if not changed:
             return []
+        sync_daily(conn)  # the windows below are read from the daily tables
         models, sites = load_models(conn), load_sites(conn)
         starts: dict[int, dict[int, int]] = {}
+        plans: list[tuple[Changed, DriftConfig, tuple[int, int], int, int]] = []
         for c in sorted(changed, key=lambda c: (c.model_id, c.site_id)):
             model = models[c.model_id]
             if c.model_id not in starts:
@@ -305,6 +368,30 @@ def run_drift(
             )
             first_day = c.first_hour // 24
             last_day = max(first_day, min(c.last_hour // 24 + cfg.window_days - 1, today))
+            plans.append((c, cfg, window, first_day, last_day))
+        # One read per model for the current windows and the references of all its changed
+        # sites (not three per site).
+        reads: dict[int, Histograms] = {}
+        references: dict[int, dict[int, pd.DataFrame]] = {}
+        for model_id in sorted({c.model_id for c, *_ in plans}):
+            references[model_id] = read_references(
+                conn, model_id, sorted({c.site_id for c, *_ in plans if c.model_id == model_id})
+            )
+            ranges = [
+                (first_day - cfg.window_days + 1, last_day, c.site_id)
+                for c, cfg, window, first_day, last_day in plans
+                if c.model_id == model_id and today >= window[1]
+            ]
+            if ranges:
+                reads[model_id] = Histograms.read(
+                    conn,
+                    model_id,
+                    sorted({site for _, _, site in ranges}),
+                    min(low for low, _, _ in ranges),
+                    max(high for _, high, _ in ranges),
+                )
+        for c, cfg, window, first_day, last_day in plans:
+            model = models[c.model_id]
             if today < window[1]:
                 site_results = [
                     MonitorResult(
@@ -330,9 +417,14 @@ def run_drift(
                     site_id=c.site_id,
                     window=window,
                     rebuild=c.first_hour < window[1] * 24,  # late data inside the reference
+                    stored=references[c.model_id].get(
+                        c.site_id, pd.DataFrame(columns=REFERENCE_COLUMNS)
+                    ),
                 )
                 read_from = first_day - cfg.window_days + 1
-                counts = _counts(conn, model, c.site_id, read_from, last_day)
+                counts = _counts(
+                    conn, model, c.site_id, read_from, last_day, read=reads[c.model_id]
+                )
                 site_results = []
                 assert model.id is not None
                 for feature in features_of(model):

@@ -1,7 +1,10 @@
 """Reads the clinical-quality monitors share: what changed, and binned rollups as dense arrays.
 
 Every read is bounded by an hour range the caller derives from what changed, so a run's cost
-follows the new data, not the history. Aggregation happens in the database.
+follows the new data, not the history. Aggregation happens in the database. Whole-day windows
+are read from the daily tables (one row per site, day and bin, kept by store/rollups.py
+`sync_daily`) when they hold every day asked for; otherwise from the hourly rows, which give
+the same sums.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from sqlalchemy.engine import Connection
 
 from store.models import (
     SCORE_BINS,
+    DailyInputHistogram,
+    DailyRollup,
+    DailyScoreHistogram,
     InputHistogram,
     MetricPoint,
     Model,
@@ -27,15 +33,21 @@ from store.models import (
     Site,
     table_of,
 )
-from store.rollups import get_state, set_state
+from store.rollups import daily_backlog, get_state, set_state
 
 R = table_of(PredictionRollup)
 H = table_of(ScoreHistogram)
 I = table_of(InputHistogram)  # noqa: E741
 MP = table_of(MetricPoint)
+DR = table_of(DailyRollup)
+DH = table_of(DailyScoreHistogram)
+DI = table_of(DailyInputHistogram)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 F64 = npt.NDArray[np.float64]
 
+# Whole-day windows come from the daily tables when they are current; False reads every window
+# from the hourly rollups (the same sums, at the cost of reading 24 rows for each).
+READ_DAILY = True
 # Per-bin columns of the score histogram, in the order of the dense arrays' last axis.
 BIN_FIELDS = ("n", "n_settled", "n_positive", "sum_p_settled", "sum_logit_settled")
 # Per-day (or hour) sums of the prediction rollup.
@@ -105,8 +117,32 @@ def model_hours(
     )
 
 
-def _sites(conn: Connection, site_id: int | None) -> list[int]:
+def _sites(
+    conn: Connection, site_id: int | None, site_ids: Iterable[int] | None = None
+) -> list[int]:
+    if site_ids is not None:
+        return sorted(set(site_ids))
     return [site_id] if site_id is not None else sorted(load_sites(conn))
+
+
+def model_days(
+    table: sa.Table, model_id: int, site_ids: Iterable[int], first_day: int, last_day: int
+) -> sa.ColumnElement[bool]:
+    """Daily rows of one model at `site_ids` in days [first_day, last_day] (index ranges)."""
+    return sa.and_(
+        table.c.model_id == model_id,
+        table.c.site_id.in_(sorted(set(site_ids))),
+        table.c.day >= first_day,
+        table.c.day <= last_day,
+    )
+
+
+def daily_ready(
+    conn: Connection, model_id: int, site_ids: Iterable[int], first_day: int, last_day: int
+) -> bool:
+    """Whether the daily tables hold every day of [first_day, last_day] at `site_ids` as the
+    hourly rollups now sum it (no change to those days waits for store.rollups.sync_daily)."""
+    return READ_DAILY and daily_backlog(conn).covers(model_id, site_ids, first_day, last_day)
 
 
 def unindexed(column: Any) -> Any:
@@ -154,8 +190,22 @@ def daily_bins(
     *,
     hourly: bool = False,
     site_id: int | None = None,
+    site_ids: Iterable[int] | None = None,
 ) -> pd.DataFrame:
-    """Score-histogram sums per site x day (or hour) x bin over [first_day, last_day]."""
+    """Score-histogram sums per site x day (or hour) x bin over [first_day, last_day], at
+    `site_id`, or `site_ids`, or every site."""
+    sites = _sites(conn, site_id, site_ids)
+    if not hourly and daily_ready(conn, model_id, sites, first_day, last_day):
+        daily = (
+            sa.select(
+                DH.c.site_id, DH.c.day.label("period"), DH.c.bin, *[DH.c[f] for f in BIN_FIELDS]
+            )
+            .where(model_days(DH, model_id, sites, first_day, last_day))
+            .order_by(DH.c.site_id, DH.c.day, DH.c.bin)
+        )
+        return pd.DataFrame(
+            conn.execute(daily).all(), columns=["site_id", "period", "bin", *BIN_FIELDS]
+        )
     period = H.c.hour if hourly else (H.c.hour // 24)
     query = (
         sa.select(
@@ -168,7 +218,7 @@ def daily_bins(
             sa.func.sum(H.c.sum_p_settled).label("sum_p_settled"),
             sa.func.sum(H.c.sum_logit_settled).label("sum_logit_settled"),
         )
-        .where(model_hours(H, model_id, _sites(conn, site_id), first_day * 24, (last_day + 1) * 24))
+        .where(model_hours(H, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(H.c.site_id, period, H.c.bin)
     )
     return pd.DataFrame(
@@ -185,10 +235,18 @@ def daily_sums(
     site_id: int | None = None,
 ) -> pd.DataFrame:
     """Prediction-rollup sums per site x day over [first_day, last_day]."""
+    sites = _sites(conn, site_id)
+    if daily_ready(conn, model_id, sites, first_day, last_day):
+        query = (
+            sa.select(DR.c.site_id, DR.c.day.label("period"), *[DR.c[f] for f in SUM_FIELDS])
+            .where(model_days(DR, model_id, sites, first_day, last_day))
+            .order_by(DR.c.site_id, DR.c.day)
+        )
+        return pd.DataFrame(conn.execute(query).all(), columns=["site_id", "period", *SUM_FIELDS])
     day = (R.c.hour // 24).label("period")
     query = (
         sa.select(R.c.site_id, day, *[sa.func.sum(R.c[f]).label(f) for f in SUM_FIELDS])
-        .where(model_hours(R, model_id, _sites(conn, site_id), first_day * 24, (last_day + 1) * 24))
+        .where(model_hours(R, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(R.c.site_id, day)
     )
     return pd.DataFrame(conn.execute(query).all(), columns=["site_id", "period", *SUM_FIELDS])
@@ -291,12 +349,23 @@ def daily_inputs(
     last_day: int,
     *,
     site_id: int | None = None,
+    site_ids: Iterable[int] | None = None,
 ) -> pd.DataFrame:
-    """Input-histogram counts per site x day x feature x bin over [first_day, last_day]."""
+    """Input-histogram counts per site x day x feature x bin over [first_day, last_day], at
+    `site_id`, or `site_ids`, or every site."""
+    sites = _sites(conn, site_id, site_ids)
+    columns = ["site_id", "period", "feature", "bin", "n"]
+    if daily_ready(conn, model_id, sites, first_day, last_day):
+        query = (
+            sa.select(DI.c.site_id, DI.c.day.label("period"), DI.c.feature, DI.c.bin, DI.c.n)
+            .where(model_days(DI, model_id, sites, first_day, last_day))
+            .order_by(DI.c.site_id, DI.c.day, DI.c.feature, DI.c.bin)
+        )
+        return pd.DataFrame(conn.execute(query).all(), columns=columns)
     day = (I.c.hour // 24).label("period")
     query = (
         sa.select(I.c.site_id, day, I.c.feature, I.c.bin, sa.func.sum(I.c.n).label("n"))
-        .where(model_hours(I, model_id, _sites(conn, site_id), first_day * 24, (last_day + 1) * 24))
+        .where(model_hours(I, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(I.c.site_id, day, I.c.feature, I.c.bin)
     )
     return pd.DataFrame(

@@ -19,10 +19,10 @@ from monitors.observed_expected import (
     observed_to_expected,
     rule_text,
 )
-from monitors.rollup_io import load_sites, model_hours, unindexed
+from monitors.rollup_io import DR, daily_ready, load_sites, model_days, model_hours, unindexed
 from store.bulk import upsert
 from store.models import MetricPoint, Model, PredictionRollup, Site, table_of, utcnow
-from store.rollups import get_state, set_state
+from store.rollups import get_state, set_state, sync_daily
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,21 @@ def write_results(conn: Connection, results: Sequence[MonitorResult], *, now: da
 def _daily_settled_counts(
     conn: Connection, model_id: int, first_day: int, last_day: int
 ) -> pd.DataFrame:
+    sites = load_sites(conn)
+    if daily_ready(conn, model_id, sites, first_day, last_day):
+        query = (
+            sa.select(
+                DR.c.site_id,
+                DR.c.day,
+                DR.c.n_ok,
+                DR.c.n_settled,
+                DR.c.n_positive.label("observed"),
+                DR.c.sum_p_settled.label("expected"),
+            )
+            .where(model_days(DR, model_id, sites, first_day, last_day))
+            .order_by(DR.c.site_id, DR.c.day)
+        )
+        return pd.DataFrame(conn.execute(query).mappings().all())
     day = (R.c.hour // 24).label("day")
     query = (
         sa.select(
@@ -93,7 +108,7 @@ def _daily_settled_counts(
             sa.func.sum(R.c.n_positive).label("observed"),
             sa.func.sum(R.c.sum_p_settled).label("expected"),
         )
-        .where(model_hours(R, model_id, load_sites(conn), first_day * 24, (last_day + 1) * 24))
+        .where(model_hours(R, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(R.c.site_id, day)
     )
     return pd.DataFrame(conn.execute(query).mappings().all())
@@ -182,6 +197,7 @@ def run_observed_expected(
         ).all()
         if not changed:
             return []
+        sync_daily(conn)  # the windows below are read from the daily tables
         models = {
             m.id: m
             for m in (

@@ -47,9 +47,10 @@ from monitors.durations import (
     from_epoch,
     parse_duration,
 )
-from monitors.rollup_io import load_sites, model_hours
+from monitors.rollup_io import DR, daily_ready, model_days
 from monitors.runner import write_results
 from store.models import Deployment, Model, Prediction, PredictionRollup, Site, table_of, utcnow
+from store.rollups import sync_daily
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +371,9 @@ class _ModelCounts:
     """Per site: hourly rollups before the current hour, and raw counts of the last hour."""
 
     site_ids: list[int]
-    hourly: pd.DataFrame  # site_id, hour, n_ok, n_on_time, n_failed
+    # site_id, start (epoch seconds of an hour, or of a whole day that no window starts
+    # inside), n_ok, n_on_time, n_failed
+    hourly: pd.DataFrame
     recent: dict[timedelta, pd.DataFrame] = field(default_factory=dict)  # window → per site
 
 
@@ -386,25 +389,38 @@ def _read_counts(
     hour_now = floor_hour(now)
     longest = max(config.windows())
     first_hour = epoch_seconds(hour_now - longest) // 3600
-    hourly = pd.DataFrame(
-        conn.execute(
-            sa.select(
-                R.c.site_id,
-                R.c.hour,
-                sa.func.sum(R.c.n_ok).label("n_ok"),
-                sa.func.sum(R.c.n_on_time).label("n_on_time"),
-                sa.func.sum(R.c.n_error + R.c.n_timeout).label("n_failed"),
-            )
-            .where(
-                model_hours(
-                    R, model.id, load_sites(conn), first_hour, epoch_seconds(hour_now) // 3600
-                )
-            )
-            .group_by(R.c.site_id, R.c.hour)
+    end_hour = epoch_seconds(hour_now) // 3600
+    assert model.id is not None
+    days = whole_days(first_hour, end_hour, _long_window_starts(now, config))
+    if not days or not daily_ready(conn, model.id, site_ids, days[0], days[-1]):
+        days = []
+    in_days = {h for d in days for h in range(24 * d, 24 * d + 24)}
+    hours = [h for h in range(first_hour, end_hour) if h not in in_days]
+    hourly_rows = conn.execute(
+        sa.select(
+            R.c.site_id,
+            R.c.hour,
+            sa.func.sum(R.c.n_ok),
+            sa.func.sum(R.c.n_on_time),
+            sa.func.sum(R.c.n_error + R.c.n_timeout),
         )
-        .mappings()
-        .all(),
-        columns=["site_id", "hour", "n_ok", "n_on_time", "n_failed"],
+        .where(R.c.model_id == model.id, R.c.site_id.in_(site_ids), R.c.hour.in_(hours))
+        .group_by(R.c.site_id, R.c.hour)
+    ).all()
+    daily_rows = (
+        conn.execute(
+            sa.select(DR.c.site_id, DR.c.day, DR.c.n_ok, DR.c.n_on_time, DR.c.n_failed).where(
+                model_days(DR, model.id, site_ids, days[0], days[-1]), DR.c.day.in_(days)
+            )
+        ).all()
+        if days
+        else []
+    )
+    # Bucket starts in epoch seconds (multiplied here: in SQL they could overflow int4).
+    hourly = pd.DataFrame(
+        [(s, h * 3600, *rest) for s, h, *rest in hourly_rows]
+        + [(s, d * 86400, *rest) for s, d, *rest in daily_rows],
+        columns=["site_id", "start", "n_ok", "n_on_time", "n_failed"],
     )
     # Raw windows: each short window, and the current partial hour for the long ones.
     raw_windows = {w: now - w for w in config.windows() if w <= RAW_HORIZON}
@@ -451,6 +467,22 @@ def _read_counts(
     return _ModelCounts(site_ids=site_ids, hourly=hourly, recent=recent)
 
 
+def _long_window_starts(now: datetime, config: SLOConfig) -> set[int]:
+    """Start (epoch seconds) of every window that is summed from the hourly rollups."""
+    now_s = epoch_seconds(now)
+    return {int(window_start_seconds(now_s, w)) for w in config.windows() if w > RAW_HORIZON}
+
+
+def whole_days(first_hour: int, end_hour: int, starts: set[int]) -> list[int]:
+    """Days of [first_hour, end_hour) whose 24 hourly buckets every window takes all or none
+    of (no window starts inside the day), so one daily bucket can stand for them."""
+    return [
+        day
+        for day in range(-(-first_hour // 24), end_hour // 24)
+        if not any(day * 86400 < start < (day + 1) * 86400 for start in starts)
+    ]
+
+
 def _window_counts(
     counts: _ModelCounts, spec: SLOSpec, now: datetime, config: SLOConfig
 ) -> dict[timedelta, WindowCounts]:
@@ -466,12 +498,11 @@ def _window_counts(
         start_s = int(window_start_seconds(now_s, window))
         bads, totals = [], []
         for index, site_id in enumerate(counts.site_ids):
-            site_hours = counts.hourly[counts.hourly["site_id"] == site_id].sort_values("hour")
+            site_hours = counts.hourly[counts.hourly["site_id"] == site_id].sort_values("start")
             b, t = sli_counts(site_hours, spec.sli)
-            # Whole hours from the rollups, then the partial hour from raw rows as one bucket.
-            starts = np.append(
-                site_hours["hour"].to_numpy(dtype=np.int64) * 3600, now_s // 3600 * 3600
-            )
+            # Whole hours (or days) from the rollups, then the partial hour from raw rows as
+            # one bucket.
+            starts = np.append(site_hours["start"].to_numpy(dtype=np.int64), now_s // 3600 * 3600)
             pb, pt = sli_counts(partial.iloc[[index]], spec.sli)
             values = np.column_stack([np.append(b, pb), np.append(t, pt)])
             sums = bucket_sums(starts, values, [start_s], [now_s])[0]
@@ -594,6 +625,8 @@ def run_slo_monitor(
     config = config or load_slo_config()
     results: list[MonitorResult] = []
     with engine.begin() as conn:
+        if write:
+            sync_daily(conn)  # whole days of the windows are read from the daily tables
         models = {
             row["name"]: Model.model_validate(dict(row))
             for row in conn.execute(sa.select(table_of(Model))).mappings()

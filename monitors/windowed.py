@@ -51,6 +51,7 @@ from monitors.rollup_io import (
 )
 from monitors.runner import write_results
 from store.models import Model, utcnow
+from store.rollups import sync_daily
 
 logger = logging.getLogger(__name__)
 
@@ -486,6 +487,7 @@ def run_windowed(
         changed = changed_since(conn, watermark)
         if not changed:
             return []
+        sync_daily(conn)  # the windows below are read from the daily tables
         models, sites = load_models(conn), load_sites(conn)
         today = day_of(now)
         spans: dict[int, tuple[int, int]] = {}

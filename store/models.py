@@ -669,3 +669,62 @@ def latency_bin(seconds: float) -> int:
 def table_of(model: type[SQLModel]) -> sa.Table:
     """The Core table behind a SQLModel class (typed, for bulk SQL)."""
     return model.__table__  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- daily sums of the rollups
+
+
+class DailyRollup(SQLModel, table=True):
+    """Daily sums of the prediction rollup per model × site (all versions, units and arms).
+
+    A cache of `predictionrollup` that monitors read whole-day windows from (28 rows a site
+    instead of 672 x units): store/rollups.py `sync_daily` keeps it equal to the hourly rows.
+    """
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "site_id", "day"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    day: int  # days since the Unix epoch, UTC
+    n_ok: int = 0
+    n_on_time: int = 0
+    n_failed: int = 0  # n_error + n_timeout
+    n_settled: int = 0
+    n_positive: int = 0
+    sum_p_settled: float = 0.0
+    sum_p2_settled: float = 0.0
+    sum_yp_settled: float = 0.0
+    n_alert_settled: int = 0
+    n_alert_positive: int = 0
+
+
+class DailyScoreHistogram(SQLModel, table=True):
+    """Daily sums of the score histogram per model × site × bin (all versions and arms)."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "site_id", "day", "bin"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    day: int
+    bin: int
+    n: int = 0
+    n_settled: int = 0
+    n_positive: int = 0
+    sum_p_settled: float = 0.0
+    sum_logit_settled: float = 0.0
+
+
+class DailyInputHistogram(SQLModel, table=True):
+    """Daily sums of the input histograms per model × site × feature × bin."""
+
+    __table_args__ = (sa.UniqueConstraint("model_id", "site_id", "day", "feature", "bin"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    day: int
+    feature: str = Field(max_length=64)
+    bin: int
+    n: int = 0

@@ -33,6 +33,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from store.models import (
+    DailyInputHistogram,
+    DailyRollup,
+    DailyScoreHistogram,
     Encounter,
     InputHistogram,
     JobState,
@@ -57,6 +60,9 @@ H = table_of(ScoreHistogram)
 L = table_of(LatencyHistogram)
 I = table_of(InputHistogram)  # noqa: E741
 J = table_of(JobState)
+DR = table_of(DailyRollup)
+DH = table_of(DailyScoreHistogram)
+DI = table_of(DailyInputHistogram)
 
 WM_PREDICTION = "rollup.prediction_id"
 WM_OUTCOME = "rollup.outcome_id"
@@ -64,6 +70,11 @@ WM_ENCOUNTER = "rollup.encounter_id"
 LAST_RUN = "rollup.settled_at"  # `now` of the last refresh: settled_at stamps after it are new
 CLOSURE_CUTOFF = "rollup.closure_cutoff.{model_id}"  # closures before it were settled
 HOURS_PER_STATEMENT = 400
+# The daily tables hold every day of the hourly rollups up to these marks: rollup rows stamped
+# later, or inserted (by id) after, are of days not yet summed (see `sync_daily`).
+WM_DAILY_UPDATED = "rollup.daily.updated_at"
+WM_DAILY_ID = "rollup.daily.rollup_id"
+DAYS_PER_STATEMENT = 400
 
 
 @dataclass
@@ -472,11 +483,33 @@ def _chunks(values: Iterable[int], size: int) -> Iterable[list[int]]:
         yield chunk
 
 
-def rebuild_hours(conn: Connection, model: Model, hours: Iterable[int], *, now: datetime) -> int:
-    """Recompute the rollup and histogram rows of `hours` for one model from raw predictions."""
+def _rollup_site_hours(
+    conn: Connection, model_id: int, sites: list[int], hours: list[int]
+) -> set[tuple[int, int]]:
+    return {
+        (int(s), int(h))
+        for s, h in conn.execute(
+            sa.select(R.c.site_id, R.c.hour)
+            .where(R.c.model_id == model_id, R.c.site_id.in_(sites), R.c.hour.in_(hours))
+            .distinct()
+        )
+    }
+
+
+def rebuild_hours(
+    conn: Connection, model: Model, hours: Iterable[int], *, now: datetime, daily: bool = True
+) -> int:
+    """Recompute the rollup and histogram rows of `hours` for one model from raw predictions.
+
+    The daily tables catch up with the rebuilt rows at the next `sync_daily` (they are newer
+    rows); `daily=False` leaves even an hour that lost every row to the caller, which then
+    redoes the hours' days itself (as `refresh` does).
+    """
+    assert model.id is not None
     count = 0
     sites = sorted(conn.execute(sa.select(table_of(Site).c.id)).scalars())
     for chunk in _chunks(sorted(set(hours)), HOURS_PER_STATEMENT):
+        before = _rollup_site_hours(conn, model.id, sites, chunk) if daily else set()
         for table in (R, H, L, I):
             # With the sites named, each (model_id, site_id, hour) index lookup is exact; with
             # only the model it would walk the model's whole history in the index.
@@ -493,8 +526,203 @@ def rebuild_hours(conn: Connection, model: Model, hours: Iterable[int], *, now: 
         input_rows = _input_histogram_rows(conn, model, chunk)
         if input_rows:
             conn.execute(sa.insert(I), input_rows)
+        # An hour left without rollup rows leaves no new row behind for `sync_daily` to find:
+        # its day's sums are redone here.
+        vanished = before - _rollup_site_hours(conn, model.id, sites, chunk) if daily else set()
+        if vanished:
+            rebuild_days(
+                conn,
+                model.id,
+                sorted({s for s, _ in vanished}),
+                {h // 24 for _, h in vanished},
+            )
         count += len(chunk)
     return count
+
+
+# ---------------------------------------------------------------- daily sums
+
+
+def _day_range(table: sa.Table, model_id: int, sites: list[int], first: int, last: int) -> Any:
+    """Hourly rows of days [first, last] (one index range per site, as in the monitors)."""
+    return sa.and_(
+        table.c.model_id == model_id,
+        table.c.site_id.in_(sites),
+        table.c.hour >= first * 24,
+        table.c.hour < (last + 1) * 24,
+    )
+
+
+def daily_rollup_select(model_id: int, sites: list[int], first: int, last: int) -> sa.Select[Any]:
+    """Per site and day: the prediction rollup's sums that `DailyRollup` keeps."""
+    day = (R.c.hour // 24).label("day")
+    return (
+        sa.select(
+            R.c.model_id,
+            R.c.site_id,
+            day,
+            sa.func.sum(R.c.n_ok),
+            sa.func.sum(R.c.n_on_time),
+            sa.func.sum(R.c.n_error + R.c.n_timeout),
+            sa.func.sum(R.c.n_settled),
+            sa.func.sum(R.c.n_positive),
+            sa.func.sum(R.c.sum_p_settled),
+            sa.func.sum(R.c.sum_p2_settled),
+            sa.func.sum(R.c.sum_yp_settled),
+            sa.func.sum(R.c.n_alert_settled),
+            sa.func.sum(R.c.n_alert_positive),
+        )
+        .where(_day_range(R, model_id, sites, first, last))
+        .group_by(R.c.model_id, R.c.site_id, day)
+    )
+
+
+def daily_score_select(model_id: int, sites: list[int], first: int, last: int) -> sa.Select[Any]:
+    """Per site, day and bin: the score histogram's sums that `DailyScoreHistogram` keeps."""
+    day = (H.c.hour // 24).label("day")
+    return (
+        sa.select(
+            H.c.model_id,
+            H.c.site_id,
+            day,
+            H.c.bin,
+            sa.func.sum(H.c.n),
+            sa.func.sum(H.c.n_settled),
+            sa.func.sum(H.c.n_positive),
+            sa.func.sum(H.c.sum_p_settled),
+            sa.func.sum(H.c.sum_logit_settled),
+        )
+        .where(_day_range(H, model_id, sites, first, last))
+        .group_by(H.c.model_id, H.c.site_id, day, H.c.bin)
+    )
+
+
+def daily_input_select(model_id: int, sites: list[int], first: int, last: int) -> sa.Select[Any]:
+    """Per site, day, feature and bin: the input histograms' counts."""
+    day = (I.c.hour // 24).label("day")
+    return (
+        sa.select(I.c.model_id, I.c.site_id, day, I.c.feature, I.c.bin, sa.func.sum(I.c.n))
+        .where(_day_range(I, model_id, sites, first, last))
+        .group_by(I.c.model_id, I.c.site_id, day, I.c.feature, I.c.bin)
+    )
+
+
+_DAILY = (
+    (DR, daily_rollup_select, [
+        "model_id", "site_id", "day", "n_ok", "n_on_time", "n_failed", "n_settled",
+        "n_positive", "sum_p_settled", "sum_p2_settled", "sum_yp_settled", "n_alert_settled",
+        "n_alert_positive",
+    ]),
+    (DH, daily_score_select, [
+        "model_id", "site_id", "day", "bin", "n", "n_settled", "n_positive", "sum_p_settled",
+        "sum_logit_settled",
+    ]),
+    (DI, daily_input_select, ["model_id", "site_id", "day", "feature", "bin", "n"]),
+)  # fmt: skip
+
+
+def _runs(days: Iterable[int], limit: int) -> list[tuple[int, int]]:
+    """Sorted days as [first, last] runs of consecutive days, at most `limit` days each."""
+    runs: list[tuple[int, int]] = []
+    for day in sorted(set(days)):
+        if runs and day == runs[-1][1] + 1 and day - runs[-1][0] < limit:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def rebuild_days(conn: Connection, model_id: int, sites: list[int], days: Iterable[int]) -> None:
+    """Recompute the daily rows of `days` at `sites` for one model from the hourly rollups."""
+    for first, last in _runs(days, DAYS_PER_STATEMENT):
+        for table, select, columns in _DAILY:
+            conn.execute(
+                sa.delete(table).where(
+                    table.c.model_id == model_id,
+                    table.c.site_id.in_(sites),
+                    table.c.day >= first,
+                    table.c.day <= last,
+                )
+            )
+            conn.execute(
+                sa.insert(table).from_select(columns, select(model_id, sites, first, last))
+            )
+
+
+@dataclass
+class DailyBacklog:
+    """Days whose hourly rollups changed since the daily tables were last brought up to date."""
+
+    days: dict[tuple[int, int], set[int]]  # (model_id, site_id) -> days
+    stamp: datetime | None  # the newest rollup `updated_at` among them
+    top_id: int  # the highest rollup row id when it was read
+
+    def covers(self, model_id: int, sites: Iterable[int], first: int, last: int) -> bool:
+        """Whether no day in [first, last] of `model_id` at `sites` is waiting."""
+        return not any(
+            first <= day <= last for site in sites for day in self.days.get((model_id, site), ())
+        )
+
+
+def daily_backlog(conn: Connection) -> DailyBacklog:
+    """What `sync_daily` would redo: the days of rollup rows stamped after the last sync or
+    inserted after it (by id, which also finds rows copied in with an older stamp)."""
+    stamp = get_state(conn, WM_DAILY_UPDATED, "")
+    since_id = int(get_state(conn, WM_DAILY_ID, "0"))
+    # `+ 0`: grouped by bare columns, SQLite would walk the (model_id, site_id, hour) index for
+    # its order and filter the whole history, instead of the index the condition names.
+    model_id, site_id = (R.c.model_id + 0).label("m"), (R.c.site_id + 0).label("s")
+    day = (R.c.hour // 24).label("d")
+    conditions = [R.c.id > since_id]
+    if stamp:
+        conditions.append(R.c.updated_at > datetime.fromisoformat(stamp))
+    days: dict[tuple[int, int], set[int]] = {}
+    newest: datetime | None = None
+    for condition in conditions:
+        for m, s, d, updated in conn.execute(
+            sa.select(model_id, site_id, day, sa.func.max(R.c.updated_at))
+            .where(condition)
+            .group_by(model_id, site_id, day)
+        ):
+            days.setdefault((int(m), int(s)), set()).add(int(d))
+            newest = updated if newest is None else max(newest, updated)
+    top_id = conn.execute(sa.select(sa.func.max(R.c.id))).scalar() or 0
+    return DailyBacklog(days, newest, int(top_id))
+
+
+def _mark_daily_current(conn: Connection, stamp: datetime) -> None:
+    """Record that the daily tables hold every rollup row stamped up to `stamp` and every row
+    inserted so far."""
+    previous = get_state(conn, WM_DAILY_UPDATED, "")
+    newest = max(stamp, datetime.fromisoformat(previous)) if previous else stamp
+    set_state(conn, WM_DAILY_UPDATED, newest.isoformat())
+    top_id = conn.execute(sa.select(sa.func.max(R.c.id))).scalar() or 0
+    set_state(conn, WM_DAILY_ID, str(int(top_id)))
+
+
+def sync_daily(conn: Connection) -> int:
+    """Bring the daily tables up to date with the hourly rollups; returns the days redone.
+
+    Each changed day is summed again from its hourly rows (not patched with deltas), so a
+    daily row is always the SQL sum of that day's hourly rows, as a window read of the hourly
+    rows would give it.
+    """
+    backlog = daily_backlog(conn)
+    redone = 0
+    by_model: dict[int, tuple[set[int], set[int]]] = {}
+    for (model_id, site_id), days in backlog.days.items():
+        sites, all_days = by_model.setdefault(model_id, (set(), set()))
+        sites.add(site_id)
+        all_days |= days
+    for model_id, (sites, days) in sorted(by_model.items()):
+        rebuild_days(conn, model_id, sorted(sites), days)
+        redone += len(days)
+    if backlog.stamp is not None:
+        previous = get_state(conn, WM_DAILY_UPDATED, "")
+        newest = max(backlog.stamp, datetime.fromisoformat(previous)) if previous else backlog.stamp
+        set_state(conn, WM_DAILY_UPDATED, newest.isoformat())
+    set_state(conn, WM_DAILY_ID, str(backlog.top_id))
+    return redone
 
 
 def _hours_of_new_rows(conn: Connection, model: Model, low: int, high: int) -> set[int]:
@@ -518,6 +746,11 @@ def refresh(
     now = now or utcnow()
     result = RefreshResult()
     with engine.begin() as conn:
+        # Rollup rows written since the daily tables were last brought up to date (by another
+        # job, or copied in) are summed first; this run then redoes the days it changes itself,
+        # whatever the clocks that stamped them.
+        sync_daily(conn)
+        sites = sorted(conn.execute(sa.select(table_of(Site).c.id)).scalars())
         wm_p = int(get_state(conn, WM_PREDICTION))
         wm_o = int(get_state(conn, WM_OUTCOME))
         wm_e = int(get_state(conn, WM_ENCOUNTER))
@@ -558,15 +791,20 @@ def refresh(
                 sums = {k: v for k, v in sums.items() if k[4] not in dirty}
                 bins = {k: v for k, v in bins.items() if k[3] not in dirty}
                 dirty |= apply_label_deltas(conn, model, sums, bins, now=now)
-                result.hours_updated += len(({k[4] for k in sums} | {k[3] for k in bins}) - dirty)
+                updated = ({k[4] for k in sums} | {k[3] for k in bins}) - dirty
+                result.hours_updated += len(updated)
             else:
                 dirty |= set(conn.execute(sa.select(P.c.scored_hour).where(settled_now)).scalars())
-            result.hours_rebuilt += rebuild_hours(conn, model, dirty, now=now)
+                updated = set()
+            result.hours_rebuilt += rebuild_hours(conn, model, dirty, now=now, daily=False)
+            assert model.id is not None
+            rebuild_days(conn, model.id, sites, {hour // 24 for hour in dirty | updated})
         result.new_predictions = int(top_p - wm_p)
         set_state(conn, WM_PREDICTION, str(top_p))
         set_state(conn, WM_OUTCOME, str(top_o))
         set_state(conn, WM_ENCOUNTER, str(top_e))
         newest = max(now, datetime.fromisoformat(last_run)) if last_run else now
         set_state(conn, LAST_RUN, newest.isoformat())
+        _mark_daily_current(conn, now)
     logger.info("rollups refreshed: %s", result)
     return result
