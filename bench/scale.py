@@ -20,7 +20,8 @@ the 12-month store, against the same cycle on the 1-month store (ratio ≈ 1: fl
 Also: the rollup rebuild of the new hour and a full recompute of the whole slab's rollups,
 each against one scan of the same rows through the raw driver (GROUP BY of the same raw rows
 with `sqlite3` / psycopg), and the Python-heap peak (tracemalloc) of each step in a separate
-untimed run. PostgreSQL when VIGIL_BENCH_POSTGRES_URL (or VIGIL_TEST_POSTGRES_URL) is set.
+untimed run. PostgreSQL when VIGIL_BENCH_POSTGRES_URL (or VIGIL_TEST_POSTGRES_URL) is set;
+VIGIL_BENCH_SCALE_BACKENDS=postgresql (or sqlite) runs one backend only.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ SECRET = "bench-secret"
 REGISTRY = REPO_ROOT / "config" / "registry.yaml"
 REPEATS = 3
 TARGET_CYCLE_S = 2.0
+BACKENDS_ENV = "VIGIL_BENCH_SCALE_BACKENDS"  # "sqlite", "postgresql" or both (the default)
 TARGET_FLATNESS = 1.5  # 12-month cycle / 1-month cycle
 HISTORY_STAMP = END - timedelta(days=400)  # updated_at of the copied history rows
 ROLLUP_TABLES = [
@@ -122,15 +124,18 @@ def run(*, smoke: bool) -> list[Figure]:
         registry = write_registry(folder / "registry.yaml", size.sites)
         seed = seed_config(size)
         generate(seed, folder / "slab")
-        figures += backend_figures(
-            "SQLite", SqliteStores(folder), folder, registry, seed, size, smoke=smoke
-        )
+        # Each backend's run takes most of an hour at full size: one may be run on its own.
+        backends = os.environ.get(BACKENDS_ENV, "sqlite,postgresql").lower().split(",")
+        if "sqlite" in backends:
+            figures += backend_figures(
+                "SQLite", SqliteStores(folder), folder, registry, seed, size, smoke=smoke
+            )
         url = postgres_url()
-        if url:
+        if "postgresql" in backends and url:
             figures += backend_figures(
                 "PostgreSQL", PostgresStores(url), folder, registry, seed, size, smoke=smoke
             )
-        else:
+        elif "postgresql" in backends:
             logger.warning("no PostgreSQL for the scale benchmark (VIGIL_BENCH_POSTGRES_URL)")
     return figures
 
