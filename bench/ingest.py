@@ -362,6 +362,7 @@ def postgres_figure(url: str, source: Path, stored: list[tuple[Any, ...]]) -> Fi
         baseline_name="raw psycopg COPY of the same rows",
         baseline_value=raw_rate,
         runs=REPEATS,
-        note=f"COPY to a temporary table, INSERT … ON CONFLICT DO NOTHING; {_load_note(load)}",
+        note="COPY to a temporary table, then one statement: ids into prediction_key … ON CONFLICT "
+        f"DO NOTHING, the accepted rows into the month partitions; {_load_note(load)}",
         extra={"ours_runs_s": runs["ours"], "raw_runs_s": runs["raw"]},
     )
