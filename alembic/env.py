@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 import store.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from alembic import context
 from store.db import make_engine
+from store.partitions import modelled, modelled_on_postgresql
 from vigil.config import get_settings
 
 config = context.config
@@ -30,6 +31,12 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            # PostgreSQL's month partitions and key table are made by migration 0008 and
+            # store/partitions.py, not by a model: autogenerate must not drop them.
+            include_name=modelled,
+            include_object=modelled_on_postgresql
+            if connection.dialect.name == "postgresql"
+            else None,
         )
         with context.begin_transaction():
             context.run_migrations()

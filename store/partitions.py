@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -37,6 +38,7 @@ from store.models import JobState, Model, Prediction, table_of, utcnow
 from store.rollups import set_state
 
 logger = logging.getLogger(__name__)
+UNIQUE_PREDICTION_ID = "uq_prediction_prediction_id"  # the model's; SQLite keeps it
 
 P = table_of(Prediction)
 # PostgreSQL only (migration 0008): not a model, so SQLite's schema has no such table.
@@ -90,6 +92,26 @@ def is_partition_object(name: str | None) -> bool:
     return bool(name) and (
         name in (DEFAULT_PARTITION, "prediction_key") or bool(PARTITION_NAME.match(name or ""))
     )
+
+
+def modelled(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic's `include_name` hook: leave out PostgreSQL's physical prediction tables (month
+    partitions, the default partition, prediction_key), which no model describes, so that
+    comparing the models with a database (autogenerate, tests/store/test_schema.py) does not
+    propose dropping them."""
+    if type_ == "table":
+        return not is_partition_object(name)
+    if type_ in ("index", "unique_constraint", "column", "foreign_key_constraint"):
+        return not is_partition_object(parent_names.get("table_name"))
+    return True
+
+
+def modelled_on_postgresql(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic's `include_object` hook on PostgreSQL: `prediction_id` is unique through
+    `prediction_key` there, since the partitioned table cannot hold the model's constraint."""
+    return not (type_ == "unique_constraint" and name == UNIQUE_PREDICTION_ID)
 
 
 def partitioned(conn: Connection) -> bool:
