@@ -200,6 +200,15 @@ def sqlite_figures(
         },
         setup=fresh,
     )
+
+    # Python-heap peak (tracemalloc) of this process in one more, untimed run of each path:
+    # tracing slows a run, so it is kept apart from the timed ones. With helper processes this
+    # is the writer's heap; theirs is not traced.
+    def traced_peak(helper: bool) -> float:
+        action = lambda: _ingest(state["engine"], source, helper=helper)  # noqa: E731
+        return timed_median(action, setup=fresh, repeats=1, trace_memory=True).peak_mb
+
+    peaks = {"helper": traced_peak(True), "single": traced_peak(False)}
     state.pop("engine").dispose()
     raw_rate = rows / statistics.median(runs["raw"])
     per_row = {name: seconds / rows * 1e6 for name, seconds in cpu.items()}
@@ -220,6 +229,7 @@ def sqlite_figures(
                 baseline_name="raw sqlite3.executemany of the same rows",
                 baseline_value=raw_rate,
                 runs=REPEATS,
+                peak_mb=peaks[mode],
                 target=f"≥ {TARGET_RATIO}× raw",
                 met=ratio >= TARGET_RATIO,
                 note=f"CPU {per_row[mode]:.0f} µs/row (raw: {per_row['raw']:.0f}); "
