@@ -253,8 +253,18 @@ def load_slab(url: str, folder: Path, registry: Path) -> int:
         if failed:
             raise RuntimeError(f"the slab did not load: {failed[0]}")
         refresh(engine, now=END)
+        analyze(engine)
         with engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(P)).scalar_one())
+
+
+def analyze(engine: Engine) -> None:
+    """PostgreSQL: fresh planner statistics after a bulk step, as autovacuum would gather on a
+    normally configured server (a scratch server may run with autovacuum off, and then the
+    planner would take a freshly loaded table for empty)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
 
 
 def add_history(engine: Engine, *, first_day: int, days: int) -> int:
@@ -498,7 +508,9 @@ def backend_figures(
                     with _engine(urls[size.short_days]) as short_engine:
                         shift = timedelta(days=size.long_days - size.short_days)
                         copy_cusum_limits(short_engine, engine, shift=shift)
+                analyze(engine)
                 catch_up(engine)
+                analyze(engine)
             measured[days] = measure_store(
                 url, folder, seed, history_rows=rows, repeats=1 if smoke else REPEATS
             )
