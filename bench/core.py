@@ -7,6 +7,7 @@ run only so the benchmark cannot rot; the full size is what BENCHMARKS.md report
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 import tracemalloc
@@ -70,3 +71,12 @@ def timed_median(
             peak = max(peak, tracemalloc.get_traced_memory()[1] / 2**20)
             tracemalloc.stop()
     return Timing(statistics.median(runs), runs, peak)
+
+
+def postgres_url() -> str:
+    # Benchmark tooling, like the test suite, finds its scratch server in the environment.
+    for name in ("VIGIL_BENCH_POSTGRES_URL", "VIGIL_TEST_POSTGRES_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return ""

@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from bench.core import Figure, timed_median
+from bench.core import Figure, postgres_url, timed_median
 from collectors.base import BATCH_UNITS, HELPER_MIN_BYTES
 from collectors.bulkload import SQLITE_BULK_END, SQLITE_BULK_PRAGMAS, SQLITE_CACHE_PRAGMA
 from collectors.runner import collect_files
@@ -59,7 +59,7 @@ def run(*, smoke: bool) -> list[Figure]:
         folder = Path(tmp)
         source = demo_predictions(folder, rows)
         figures, stored = sqlite_figures(folder, source, rows)
-        url = _postgres_url()
+        url = postgres_url()
         if url:
             figures.append(postgres_figure(url, source, stored))
         else:
@@ -300,15 +300,6 @@ def _reference_executemany(path: Path, rows: list[tuple[Any, ...]]) -> None:
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
-
-
-def _postgres_url() -> str:
-    # Benchmark tooling, like the test suite, finds its scratch server in the environment.
-    for name in ("VIGIL_BENCH_POSTGRES_URL", "VIGIL_TEST_POSTGRES_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return ""
 
 
 @contextmanager

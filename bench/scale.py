@@ -44,7 +44,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
-from bench.core import Figure, timed_median
+from bench.core import Figure, postgres_url, timed_median
 from collectors.runner import collect_files
 from incidents.alerts import sync_all_alerts
 from monitors.alert_burden import WM_ROLLUP as ALERT_BURDEN_WATERMARK
@@ -138,15 +138,6 @@ def run(*, smoke: bool) -> list[Figure]:
         elif "postgresql" in backends:
             logger.warning("no PostgreSQL for the scale benchmark (VIGIL_BENCH_POSTGRES_URL)")
     return figures
-
-
-def postgres_url() -> str:
-    # Benchmark tooling, like the test suite, finds its scratch server in the environment.
-    for name in ("VIGIL_BENCH_POSTGRES_URL", "VIGIL_TEST_POSTGRES_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return ""
 
 
 def seed_config(size: Size, *, end: datetime = END) -> SeedConfig:
