@@ -14,11 +14,12 @@ the Kish design effect `d`, as in the O:E monitor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
-from scipy.special import expit
+from scipy.special import expit, ndtr
 
 F64 = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
@@ -41,7 +42,9 @@ class LogisticFit:
     converged: bool
 
 
+@lru_cache(maxsize=32)
 def _z(ci_level: float) -> float:
+    """The two-sided normal quantile of `ci_level` (cached: a few levels, many intervals)."""
     return float(stats.norm.ppf(0.5 + ci_level / 2))
 
 
@@ -225,7 +228,7 @@ def spiegelhalter_z(
     if variance <= 0:
         return None
     z = numerator / np.sqrt(variance * max(1.0, design_effect))
-    return SpiegelhalterTest(float(z), float(2 * stats.norm.sf(abs(z))))
+    return SpiegelhalterTest(float(z), float(2 * ndtr(-abs(z))))  # ndtr(-x) = norm.sf(x)
 
 
 def wilson_interval(
@@ -322,33 +325,37 @@ def weighted_lowess(x: ArrayLike, y: ArrayLike, weights: ArrayLike, *, frac: flo
     Cleveland 1979 (JASA 74:829). Each point stands for `weights` identical cases: the
     neighbourhood of x0 is the smallest radius holding int(frac * total weight) cases, and
     the result equals statsmodels' lowess(it=0) run on the points repeated `weights` times.
-    Returns the fitted value at every x.
+    Returns the fitted value at every x (all fits at once: row i of each matrix is x0 = x[i]).
     """
     xs = np.asarray(x, dtype=float)
     ys = np.asarray(y, dtype=float)
     w = np.asarray(weights, dtype=float)
     total = w.sum()
     k = min(max(int(frac * total + 1e-10), 2), total)
-    fitted = np.empty(xs.size)
-    for i, x0 in enumerate(xs):
-        dist = np.abs(xs - x0)
-        order = np.argsort(dist, kind="stable")
-        reach = np.cumsum(w[order])
-        radius = dist[order][np.searchsorted(reach, k - 1e-9)]
-        if radius <= 0:
-            near = dist == 0
-            fitted[i] = np.sum(w[near] * ys[near]) / np.sum(w[near])
-            continue
-        kernel = _tricube(dist / radius)
-        if np.sum(w[kernel > 1e-12]) < 2:  # statsmodels: fewer than two cases weigh in
-            fitted[i] = ys[i]
-            continue
+    if xs.size == 0:
+        return np.empty(0)
+    rows = np.arange(xs.size)
+    dist = np.abs(xs[None, :] - xs[:, None])
+    order = np.argsort(dist, axis=1, kind="stable")
+    reach = np.cumsum(w[order], axis=1)
+    # searchsorted(reach, k - 1e-9) per row: the cases within each radius never decrease
+    nearest = np.minimum(np.sum(reach < k - 1e-9, axis=1), xs.size - 1)
+    radius = dist[rows[:, None], order][rows, nearest]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kernel = _tricube(dist / radius[:, None])
         local = w * kernel
-        local = local / local.sum()
-        mean_x = np.sum(local * xs)
-        spread = max(float(np.sum(local * (xs - mean_x) ** 2)), 1e-12)
-        projection = local * (1 + (x0 - mean_x) * (xs - mean_x) / spread)
-        fitted[i] = np.sum(projection * ys)
+        local = local / local.sum(axis=1, keepdims=True)
+        mean_x = np.sum(local * xs, axis=1)
+        centred = xs - mean_x[:, None]
+        spread = np.maximum(np.sum(local * centred**2, axis=1), 1e-12)
+        projection = local * (1 + (xs[:, None] - mean_x[:, None]) * centred / spread[:, None])
+        fitted = np.sum(projection * ys, axis=1)
+    # statsmodels: fewer than two cases weigh in
+    few = np.sum(np.where(kernel > 1e-12, w, 0.0), axis=1) < 2
+    fitted[few] = ys[few]
+    for i in np.flatnonzero(radius <= 0):  # ties at x0 hold k cases: their mean
+        near = dist[i] == 0
+        fitted[i] = np.sum(w[near] * ys[near]) / np.sum(w[near])
     return fitted
 
 

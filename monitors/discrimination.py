@@ -10,6 +10,7 @@ alert counts (the alert flag the scoring service set).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +31,9 @@ class AUCEstimate:
     n_negative: float
 
 
+@lru_cache(maxsize=32)
 def _z(ci_level: float) -> float:
+    """The two-sided normal quantile of `ci_level` (cached: a few levels, many intervals)."""
     return float(stats.norm.ppf(0.5 + ci_level / 2))
 
 

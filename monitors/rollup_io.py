@@ -9,7 +9,7 @@ the same sums.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +44,7 @@ DH = table_of(DailyScoreHistogram)
 DI = table_of(DailyInputHistogram)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 F64 = npt.NDArray[np.float64]
+_DTYPES: dict[type, type] = {int: np.int64, float: np.float64}
 
 # Whole-day windows come from the daily tables when they are current; False reads every window
 # from the hourly rollups (the same sums, at the cost of reading 24 rows for each).
@@ -182,6 +183,38 @@ def write_watermark(conn: Connection, monitor: str, value: datetime) -> None:
     set_state(conn, f"monitor.{monitor}.rollup_updated_at", value.isoformat())
 
 
+def _numpy_type(column_type: sa.types.TypeEngine[Any]) -> type:
+    """int64 or float64 for integer and float columns, object for anything else."""
+    try:
+        return _DTYPES.get(column_type.python_type, object)
+    except NotImplementedError:
+        return object
+
+
+def _frame(conn: Connection, query: sa.Select[Any], columns: list[str]) -> pd.DataFrame:
+    """The rows of `query` as `pd.DataFrame(rows, columns=columns)`, built from columns: the
+    driver's tuples go straight into a numpy record array typed by the query's columns (int64,
+    float64, object), without a SQLAlchemy row object per row or pandas' row-wise inference.
+
+    For NOT NULL integer and float columns, which both databases return as int and float;
+    a row that does not fit (a NULL) leaves the frame to pandas' inference.
+    """
+    result = conn.execute(query)
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    if not rows:
+        return pd.DataFrame(rows, columns=columns)
+    kinds = [_numpy_type(c.type) for c in query.selected_columns]
+    dtype = np.dtype(list(zip(columns, kinds, strict=True)))
+    try:
+        table = np.fromiter(rows, dtype=dtype, count=len(rows))
+    except (TypeError, ValueError, OverflowError):
+        return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame({name: table[name] for name in columns}, columns=columns)
+
+
 def daily_bins(
     conn: Connection,
     model_id: int,
@@ -203,9 +236,7 @@ def daily_bins(
             .where(model_days(DH, model_id, sites, first_day, last_day))
             .order_by(DH.c.site_id, DH.c.day, DH.c.bin)
         )
-        return pd.DataFrame(
-            conn.execute(daily).all(), columns=["site_id", "period", "bin", *BIN_FIELDS]
-        )
+        return _frame(conn, daily, ["site_id", "period", "bin", *BIN_FIELDS])
     period = H.c.hour if hourly else (H.c.hour // 24)
     query = (
         sa.select(
@@ -221,9 +252,7 @@ def daily_bins(
         .where(model_hours(H, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(H.c.site_id, period, H.c.bin)
     )
-    return pd.DataFrame(
-        conn.execute(query).all(), columns=["site_id", "period", "bin", *BIN_FIELDS]
-    )
+    return _frame(conn, query, ["site_id", "period", "bin", *BIN_FIELDS])
 
 
 def daily_sums(
@@ -242,44 +271,71 @@ def daily_sums(
             .where(model_days(DR, model_id, sites, first_day, last_day))
             .order_by(DR.c.site_id, DR.c.day)
         )
-        return pd.DataFrame(conn.execute(query).all(), columns=["site_id", "period", *SUM_FIELDS])
+        return _frame(conn, query, ["site_id", "period", *SUM_FIELDS])
     day = (R.c.hour // 24).label("period")
     query = (
         sa.select(R.c.site_id, day, *[sa.func.sum(R.c[f]).label(f) for f in SUM_FIELDS])
         .where(model_hours(R, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(R.c.site_id, day)
     )
-    return pd.DataFrame(conn.execute(query).all(), columns=["site_id", "period", *SUM_FIELDS])
+    return _frame(conn, query, ["site_id", "period", *SUM_FIELDS])
+
+
+def _placed(
+    frame: pd.DataFrame, site_ids: Sequence[int], first: int, last: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Each row's position in `site_ids` (distinct) and its period's offset from `first`, and
+    which rows are of one of `site_ids` and in periods [first, last]."""
+    wanted = np.asarray(site_ids, dtype=np.int64)
+    site = frame["site_id"].to_numpy(dtype=np.int64)
+    period = frame["period"].to_numpy(dtype=np.int64)
+    keep = (period >= first) & (period <= last)
+    if not wanted.size:
+        return np.zeros(site.size, dtype=np.intp), period - first, np.zeros_like(keep)
+    order = np.argsort(wanted, kind="stable")
+    found = np.minimum(np.searchsorted(wanted[order], site), wanted.size - 1)
+    position = order[found]
+    keep &= wanted[position] == site
+    return position, period - first, keep
+
+
+def dense_bins_by_site(
+    frame: pd.DataFrame, site_ids: Sequence[int], first: int, last: int, bins: int = SCORE_BINS
+) -> F64:
+    """Array [site, period, bin, field] of the histogram sums of `site_ids` (in that order),
+    zeros where nothing was scored: `dense_bins` of every site from one pass over the rows."""
+    out = np.zeros((len(site_ids), last - first + 1, bins, len(BIN_FIELDS)))
+    if frame.empty:
+        return out
+    position, offset, keep = _placed(frame, site_ids, first, last)
+    values = frame[list(BIN_FIELDS)].to_numpy(dtype=float)
+    column = frame["bin"].to_numpy(dtype=np.int64)
+    out[position[keep], offset[keep], column[keep], :] = values[keep]
+    return out
+
+
+def dense_sums_by_site(frame: pd.DataFrame, site_ids: Sequence[int], first: int, last: int) -> F64:
+    """Array [site, period, field] of the rollup sums of `site_ids` (in that order): `dense_sums`
+    of every site from one pass over the rows."""
+    out = np.zeros((len(site_ids), last - first + 1, len(SUM_FIELDS)))
+    if frame.empty:
+        return out
+    position, offset, keep = _placed(frame, site_ids, first, last)
+    values = frame[list(SUM_FIELDS)].to_numpy(dtype=float)
+    out[position[keep], offset[keep], :] = values[keep]
+    return out
 
 
 def dense_bins(
     frame: pd.DataFrame, site_id: int, first: int, last: int, bins: int = SCORE_BINS
 ) -> F64:
     """Array [period, bin, field] of one site's histogram sums, zeros where nothing was scored."""
-    out = np.zeros((last - first + 1, bins, len(BIN_FIELDS)))
-    if frame.empty:
-        return out
-    part = frame[(frame["site_id"] == site_id) & frame["period"].between(first, last)]
-    if part.empty:
-        return out
-    rows = part["period"].to_numpy(dtype=np.int64) - first
-    cols = part["bin"].to_numpy(dtype=np.int64)
-    out[rows, cols, :] = part[list(BIN_FIELDS)].to_numpy(dtype=float)
-    return out
+    return dense_bins_by_site(frame, [site_id], first, last, bins)[0]
 
 
 def dense_sums(frame: pd.DataFrame, site_id: int, first: int, last: int) -> F64:
     """Array [period, field] of one site's rollup sums."""
-    out = np.zeros((last - first + 1, len(SUM_FIELDS)))
-    if frame.empty:
-        return out
-    part = frame[(frame["site_id"] == site_id) & frame["period"].between(first, last)]
-    if part.empty:
-        return out
-    out[part["period"].to_numpy(dtype=np.int64) - first, :] = part[list(SUM_FIELDS)].to_numpy(
-        dtype=float
-    )
-    return out
+    return dense_sums_by_site(frame, [site_id], first, last)[0]
 
 
 def trailing(values: F64, window: int) -> F64:
@@ -361,13 +417,11 @@ def daily_inputs(
             .where(model_days(DI, model_id, sites, first_day, last_day))
             .order_by(DI.c.site_id, DI.c.day, DI.c.feature, DI.c.bin)
         )
-        return pd.DataFrame(conn.execute(query).all(), columns=columns)
+        return _frame(conn, query, columns)
     day = (I.c.hour // 24).label("period")
     query = (
         sa.select(I.c.site_id, day, I.c.feature, I.c.bin, sa.func.sum(I.c.n).label("n"))
         .where(model_hours(I, model_id, sites, first_day * 24, (last_day + 1) * 24))
         .group_by(I.c.site_id, day, I.c.feature, I.c.bin)
     )
-    return pd.DataFrame(
-        conn.execute(query).all(), columns=["site_id", "period", "feature", "bin", "n"]
-    )
+    return _frame(conn, query, columns)

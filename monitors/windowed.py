@@ -41,8 +41,8 @@ from monitors.rollup_io import (
     daily_sums,
     day_of,
     day_start,
-    dense_bins,
-    dense_sums,
+    dense_bins_by_site,
+    dense_sums_by_site,
     load_models,
     load_sites,
     read_watermark,
@@ -506,14 +506,15 @@ def run_windowed(
             read_from = first_day - widest + 1
             bins = daily_bins(conn, model_id, read_from, last_day)
             sums = daily_sums(conn, model_id, read_from, last_day)
-            for site_id in sorted(sites):
-                site_sums = dense_sums(sums, site_id, read_from, last_day)
+            site_ids = sorted(sites)
+            all_bins = dense_bins_by_site(bins, site_ids, read_from, last_day)
+            all_sums = dense_sums_by_site(sums, site_ids, read_from, last_day)
+            for k, site_id in enumerate(site_ids):
+                site_sums = all_sums[k]
                 if not site_sums[:, _S["n_ok"]].any():
                     continue  # the model does not run at this site
                 cfg = cfgs[site_id]
-                rolled_bins = trailing(
-                    dense_bins(bins, site_id, read_from, last_day), cfg.window_days
-                )
+                rolled_bins = trailing(all_bins[k], cfg.window_days)
                 rolled_sums = trailing(site_sums, cfg.window_days)
                 for day in range(first_day, last_day + 1):
                     i = day - read_from
