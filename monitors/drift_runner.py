@@ -3,12 +3,14 @@
 Thin I/O around monitors.drift. The reference histogram of each model x site (its first
 `reference_days`, or a configured fixed period) is frozen into `driftreference` once the
 window has passed; each run then reads only the trailing current windows of the days whose
-rollups changed.
+rollups changed, once per model for all its changed sites, into dense [site, day, bin] counts
+(the days that every one of those windows holds come summed from the database).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -22,16 +24,20 @@ from monitors.base import MonitorResult, Status
 from monitors.config import MonitorConfig
 from monitors.drift import DriftMeasures, bin_centres, drift_measures, psi_noise_level
 from monitors.rollup_io import (
+    DH,
+    DI,
     EPOCH,
     Changed,
     changed_since,
     daily_bins,
     daily_inputs,
+    daily_ready,
     day_of,
     day_start,
     first_hours,
     load_models,
     load_sites,
+    model_days,
     read_watermark,
     trailing,
     write_watermark,
@@ -110,31 +116,178 @@ def _dense(frame: pd.DataFrame, feature: Feature, first: int, last: int) -> np.n
     return out
 
 
-def _by_site(frame: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    if frame.empty:
-        return {}
-    return {int(site): frame[frame["site_id"] == site] for site in frame["site_id"].unique()}
+@dataclass(frozen=True)
+class Layout:
+    """The features of one model side by side on one axis: feature i's dense bins are columns
+    [starts[i], starts[i] + features[i].size)."""
+
+    features: list[Feature]
+    starts: list[int]
+
+    @classmethod
+    def of(cls, model: Model) -> Layout:
+        features = features_of(model)
+        sizes = [f.size for f in features]
+        return cls(features, [0, *np.cumsum(sizes)[:-1].tolist()])
+
+    @property
+    def width(self) -> int:
+        return self.starts[-1] + self.features[-1].size
+
+    def blocks(self) -> dict[str, slice]:
+        return {
+            f.name: slice(start, start + f.size)
+            for f, start in zip(self.features, self.starts, strict=True)
+        }
+
+    def columns(self, features: Sequence[str], bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(column, whether the bin lies inside its feature's dense width) of each row; rows
+        of a feature the model does not name are outside."""
+        index = {f.name: i for i, f in enumerate(self.features)}
+        which = np.array([index.get(name, -1) for name in features], dtype=np.int64)
+        known = which >= 0
+        which = np.where(known, which, 0)
+        local = bins + np.array([f.offset for f in self.features], dtype=np.int64)[which]
+        sizes = np.array([f.size for f in self.features], dtype=np.int64)[which]
+        inside = known & (local >= 0) & (local < sizes)
+        return np.array(self.starts, dtype=np.int64)[which] + local, inside
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
+    """The `width` columns of query rows."""
+    return list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
+
+
+def _ints(values: Sequence[Any]) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _slots(keys: Sequence[int], values: np.ndarray) -> np.ndarray:
+    """The index of each value in the sorted `keys`, -1 where it is not one of them."""
+    if not keys:
+        return np.full(len(values), -1, dtype=np.int64)
+    ordered = np.asarray(keys, dtype=np.int64)
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return np.where(ordered[at] == values, at, -1)
+
+
+def _period(day: Any, block: tuple[int, int] | None) -> Any:
+    """The day, or the block's last day for every day of the block [low, high] (inlined
+    numbers, so that SELECT and GROUP BY hold the same text)."""
+    if block is None:
+        return day
+    low, high = (sa.literal_column(str(int(v)), type_=sa.Integer) for v in block)
+    return sa.case((sa.and_(day >= low, day <= high), high), else_=day)
+
+
+def _histogram_rows(
+    conn: Connection,
+    model_id: int,
+    site_ids: list[int],
+    first: int,
+    last: int,
+    block: tuple[int, int] | None = None,
+) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:
+    """(site, day, bin, n) score rows and (site, day, feature, bin, n) input rows of
+    [first, last]: the rows of rollup_io's daily_bins and daily_inputs, not in frames, with
+    the days of `block` summed into the block's last day when they come from the daily tables."""
+    if not daily_ready(conn, model_id, site_ids, first, last):
+        score_frame = daily_bins(conn, model_id, first, last, site_ids=site_ids)
+        input_frame = daily_inputs(conn, model_id, first, last, site_ids=site_ids)
+        return (
+            list(score_frame[["site_id", "period", "bin", "n"]].itertuples(index=False, name=None)),
+            list(input_frame.itertuples(index=False, name=None)),
+        )
+    scores = sa.select(DH.c.site_id, DH.c.day, DH.c.bin, DH.c.n)
+    inputs = sa.select(DI.c.site_id, DI.c.day, DI.c.feature, DI.c.bin, DI.c.n)
+    if block is not None:
+        score_day, input_day = _period(DH.c.day, block), _period(DI.c.day, block)
+        scores = sa.select(DH.c.site_id, score_day, DH.c.bin, sa.func.sum(DH.c.n)).group_by(
+            DH.c.site_id, score_day, DH.c.bin
+        )
+        inputs = sa.select(
+            DI.c.site_id, input_day, DI.c.feature, DI.c.bin, sa.func.sum(DI.c.n)
+        ).group_by(DI.c.site_id, input_day, DI.c.feature, DI.c.bin)
+    return (
+        conn.execute(scores.where(model_days(DH, model_id, site_ids, first, last))).all(),
+        conn.execute(inputs.where(model_days(DI, model_id, site_ids, first, last))).all(),
+    )
 
 
 @dataclass(frozen=True)
 class Histograms:
-    """Daily score and input histogram rows of one model, read once for several sites."""
+    """Daily score and input histograms of one model at several sites, read once, as dense
+    counts [site, day, column] over days [first, first + days) (columns: `layout`)."""
 
-    scores: dict[int, pd.DataFrame]  # site_id -> rows of daily_bins
-    inputs: dict[int, pd.DataFrame]  # site_id -> rows of daily_inputs
+    layout: Layout
+    sites: dict[int, int]  # site_id -> index on the first axis
+    first: int
+    counts: np.ndarray
 
     @classmethod
     def read(
-        cls, conn: Connection, model_id: int, site_ids: list[int], first: int, last: int
+        cls,
+        conn: Connection,
+        model: Model,
+        site_ids: list[int],
+        first: int,
+        last: int,
+        *,
+        block: tuple[int, int] | None = None,
     ) -> Histograms:
-        scores = daily_bins(conn, model_id, first, last, site_ids=site_ids)
-        inputs = daily_inputs(conn, model_id, first, last, site_ids=site_ids)
-        return cls(_by_site(scores), _by_site(inputs))
+        """The histograms of [first, last] at `site_ids`. `block` [low, high]: days whose counts
+        may be summed into day `high` (zeros on the others), which leaves the trailing sums of
+        every window that holds the whole block as they are."""
+        assert model.id is not None
+        sites = sorted(set(site_ids))
+        scores, inputs = _histogram_rows(conn, model.id, sites, first, last, block)
+        return cls.of(Layout.of(model), sites, first, last, scores, inputs)
 
-    def site(self, site_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-        empty_scores = pd.DataFrame(columns=["site_id", "period", "bin", "n"])
-        empty_inputs = pd.DataFrame(columns=["site_id", "period", "feature", "bin", "n"])
-        return self.scores.get(site_id, empty_scores), self.inputs.get(site_id, empty_inputs)
+    @classmethod
+    def of(
+        cls,
+        layout: Layout,
+        sites: list[int],
+        first: int,
+        last: int,
+        scores: Sequence[Sequence[Any]],
+        inputs: Sequence[Sequence[Any]],
+    ) -> Histograms:
+        """Dense counts from score rows (site, day, bin, n) and input rows (site, day, feature,
+        bin, n) at the sorted `sites`; rows outside the sites, days or bins are left out."""
+        days = last - first + 1
+        score_site, score_day, score_bin, score_n = _columns(scores, 4)
+        input_site, input_day, input_feature, input_bin, input_n = _columns(inputs, 5)
+        score = layout.features[0]
+        score_col = _ints(score_bin) + score.offset
+        input_col, input_inside = layout.columns(input_feature, _ints(input_bin))
+        slot = _slots(sites, _ints(score_site + input_site))
+        day = _ints(score_day + input_day) - first
+        col = np.concatenate([score_col, input_col])
+        inside = np.concatenate([(score_col >= 0) & (score_col < score.size), input_inside])
+        ok = inside & (slot >= 0) & (day >= 0) & (day < days)
+        flat = (slot[ok] * days + day[ok]) * layout.width + col[ok]
+        n = np.array(score_n + input_n, dtype=float)[ok]
+        counts = np.bincount(flat, weights=n, minlength=len(sites) * days * layout.width)
+        index = {site: i for i, site in enumerate(sites)}
+        return cls(layout, index, first, counts.reshape(len(sites), days, layout.width))
+
+    def dense(self, site_id: int, first: int, last: int) -> np.ndarray:
+        """Dense [day, column] counts at one site over [first, last] (zero outside the days
+        read)."""
+        out = np.zeros((last - first + 1, self.layout.width))
+        slot = self.sites.get(site_id)
+        low, high = max(first, self.first), min(last, self.first + self.counts.shape[1] - 1)
+        if slot is not None and low <= high:
+            out[low - first : high - first + 1] = self.counts[
+                slot, low - self.first : high - self.first + 1
+            ]
+        return out
+
+    def site(self, site_id: int, first: int, last: int) -> dict[str, np.ndarray]:
+        """Dense [day, bin] counts of every feature at one site over [first, last]."""
+        out = self.dense(site_id, first, last)
+        return {name: out[:, block] for name, block in self.layout.blocks().items()}
 
 
 def _counts(
@@ -148,44 +301,60 @@ def _counts(
 ) -> dict[str, np.ndarray]:
     """Dense [day, bin] counts of every feature of one model x site over [first, last] (from
     `read` when it holds the site's rows of a range that includes [first, last])."""
-    assert model.id is not None
-    feats = features_of(model)
-    if read is not None:
-        scores, inputs = read.site(site_id)
-    else:
-        scores = daily_bins(conn, model.id, first, last, site_id=site_id)
-        inputs = daily_inputs(conn, model.id, first, last, site_id=site_id)
-    out: dict[str, np.ndarray] = {}
-    for feature in feats:
-        if feature.name == SCORE:
-            out[SCORE] = _dense(scores[["period", "bin", "n"]], feature, first, last)
-        else:
-            part = inputs[inputs["feature"] == feature.name] if not inputs.empty else inputs
-            out[feature.name] = _dense(part, feature, first, last)
-    return out
+    if read is None:
+        read = Histograms.read(conn, model, [site_id], first, last)
+    return read.site(site_id, first, last)
 
 
-REFERENCE_COLUMNS = ["site_id", "feature", "bin", "n", "reference_start", "reference_end"]
+@dataclass(frozen=True)
+class StoredReference:
+    """The stored reference rows of one model at several sites: dense counts [site, column]
+    (columns: `layout`) and each site's distinct (reference_start, reference_end)."""
+
+    layout: Layout
+    sites: dict[int, int]  # site_id -> row of `counts`
+    counts: np.ndarray
+    periods: dict[int, set[tuple[datetime, datetime]]]
+
+    def current(self, site_id: int, start: datetime, end: datetime) -> bool:
+        """Whether the site has rows and every one is of the window [start, end)."""
+        periods = self.periods.get(site_id)
+        return bool(periods) and all(s == start and e == end for s, e in periods or ())
+
+    def site(self, site_id: int) -> dict[str, np.ndarray]:
+        row = self.counts[self.sites[site_id]]
+        return {name: row[block].copy() for name, block in self.layout.blocks().items()}
 
 
-def read_references(
-    conn: Connection, model_id: int, site_ids: list[int]
-) -> dict[int, pd.DataFrame]:
-    """The stored reference rows of one model at `site_ids`, per site (one query)."""
-    rows = pd.DataFrame(
-        conn.execute(
-            sa.select(
-                DR.c.site_id,
-                DR.c.feature,
-                DR.c.bin,
-                DR.c.n,
-                DR.c.reference_start,
-                DR.c.reference_end,
-            ).where(DR.c.model_id == model_id, DR.c.site_id.in_(site_ids))
-        ).all(),
-        columns=REFERENCE_COLUMNS,
-    )
-    return _by_site(rows)
+def read_references(conn: Connection, model: Model, site_ids: list[int]) -> StoredReference:
+    """The stored reference rows of one model at `site_ids` (two queries)."""
+    sites = sorted(set(site_ids))
+    where = sa.and_(DR.c.model_id == model.id, DR.c.site_id.in_(sites))
+    rows = conn.execute(sa.select(DR.c.site_id, DR.c.feature, DR.c.bin, DR.c.n).where(where)).all()
+    periods: dict[int, set[tuple[datetime, datetime]]] = {}
+    for site, start, end in conn.execute(
+        sa.select(DR.c.site_id, DR.c.reference_start, DR.c.reference_end).distinct().where(where)
+    ):
+        periods.setdefault(int(site), set()).add((start, end))
+    layout = Layout.of(model)
+    index = {site: i for i, site in enumerate(sites)}
+    site_column, features, bin_column, n_column = _columns(rows, 4)
+    site, bins, n = _ints(site_column), _ints(bin_column), np.array(n_column, dtype=float)
+    which = {f.name: i for i, f in enumerate(layout.features)}
+    feature = np.array([which.get(name, -1) for name in features], dtype=np.int64)
+    known = feature >= 0
+    feature = np.where(known, feature, 0)
+    sizes = np.array([f.size for f in layout.features], dtype=np.int64)[feature]
+    local = bins + np.array([f.offset for f in layout.features], dtype=np.int64)[feature]
+    if np.any(known & ((local >= sizes) | (local < -sizes))):
+        raise IndexError("a stored reference bin outside its feature's bins")
+    local = np.where(local < 0, local + sizes, local)  # as numpy indexing counts from the end
+    counts = np.zeros((len(sites), layout.width))
+    slot = _slots(sites, site)
+    ok = known & (slot >= 0)
+    starts = np.array(layout.starts, dtype=np.int64)[feature]
+    counts[slot[ok], (starts + local)[ok]] = n[ok]
+    return StoredReference(layout, index, counts, periods)
 
 
 def ensure_reference(
@@ -195,51 +364,39 @@ def ensure_reference(
     site_id: int,
     window: tuple[int, int],
     rebuild: bool,
-    stored: pd.DataFrame | None = None,
+    stored: StoredReference | None = None,
 ) -> dict[str, np.ndarray]:
     """The frozen reference counts per feature (dense), building them when missing or stale.
 
-    `stored`: the site's stored reference rows, when they were read already (`read_references`).
+    `stored`: the stored reference rows, when they were read already (`read_references` of
+    sites that include this one).
     """
     assert model.id is not None
     start, end = day_start(window[0]), day_start(window[1])
-    rows = read_references(conn, model.id, [site_id]).get(site_id) if stored is None else stored
-    if rows is None:
-        rows = pd.DataFrame(columns=REFERENCE_COLUMNS)
-    stale = (
-        rows.empty
-        or rebuild
-        or not ((rows["reference_start"] == start).all() and (rows["reference_end"] == end).all())
-    )
+    if stored is None:
+        stored = read_references(conn, model, [site_id])
+    if not rebuild and stored.current(site_id, start, end):
+        return stored.site(site_id)
     feats = {f.name: f for f in features_of(model)}
-    if stale:
-        counts = _counts(conn, model, site_id, window[0], window[1] - 1)
-        conn.execute(sa.delete(DR).where(DR.c.model_id == model.id, DR.c.site_id == site_id))
-        payload = [
-            {
-                "model_id": model.id,
-                "site_id": site_id,
-                "feature": name,
-                "bin": int(i - feats[name].offset),
-                "n": int(v),
-                "reference_start": start,
-                "reference_end": end,
-            }
-            for name, dense in counts.items()
-            for i, v in enumerate(dense.sum(axis=0))
-            if v > 0
-        ]
-        if payload:
-            conn.execute(sa.insert(DR), payload)
-        return {name: dense.sum(axis=0) for name, dense in counts.items()}
-    reference: dict[str, np.ndarray] = {}
-    for name, feature in feats.items():
-        vec = np.zeros(feature.size)
-        part = rows[rows["feature"] == name]
-        idx = part["bin"].to_numpy(dtype=np.int64) + feature.offset
-        vec[idx] = part["n"].to_numpy(dtype=float)
-        reference[name] = vec
-    return reference
+    counts = _counts(conn, model, site_id, window[0], window[1] - 1)
+    conn.execute(sa.delete(DR).where(DR.c.model_id == model.id, DR.c.site_id == site_id))
+    payload = [
+        {
+            "model_id": model.id,
+            "site_id": site_id,
+            "feature": name,
+            "bin": int(i - feats[name].offset),
+            "n": int(v),
+            "reference_start": start,
+            "reference_end": end,
+        }
+        for name, dense in counts.items()
+        for i, v in enumerate(dense.sum(axis=0))
+        if v > 0
+    ]
+    if payload:
+        conn.execute(sa.insert(DR), payload)
+    return {name: dense.sum(axis=0) for name, dense in counts.items()}
 
 
 def _status(m: DriftMeasures, cfg: DriftConfig) -> tuple[Status, str, float]:
@@ -339,6 +496,14 @@ def feature_results(
     ]
 
 
+def common_days(ranges: Sequence[tuple[int, int, int, int]]) -> tuple[int, int] | None:
+    """The days [low, high] inside every current window of the points to compute, given
+    (site, first day, last day, window days) of each site; None when there are none."""
+    low = max(last - days + 1 for _, _, last, days in ranges)
+    high = min(first for _, first, _, _ in ranges)
+    return (low, high) if low < high else None
+
+
 def run_drift(
     engine: Engine, config: MonitorConfig, now: datetime | None = None
 ) -> list[MonitorResult]:
@@ -372,28 +537,31 @@ def run_drift(
         # One read per model for the current windows and the references of all its changed
         # sites (not three per site).
         reads: dict[int, Histograms] = {}
-        references: dict[int, dict[int, pd.DataFrame]] = {}
+        references: dict[int, StoredReference] = {}
         for model_id in sorted({c.model_id for c, *_ in plans}):
             references[model_id] = read_references(
-                conn, model_id, sorted({c.site_id for c, *_ in plans if c.model_id == model_id})
+                conn,
+                models[model_id],
+                sorted({c.site_id for c, *_ in plans if c.model_id == model_id}),
             )
             ranges = [
-                (first_day - cfg.window_days + 1, last_day, c.site_id)
+                (c.site_id, first_day, last_day, cfg.window_days)
                 for c, cfg, window, first_day, last_day in plans
                 if c.model_id == model_id and today >= window[1]
             ]
             if ranges:
                 reads[model_id] = Histograms.read(
                     conn,
-                    model_id,
-                    sorted({site for _, _, site in ranges}),
-                    min(low for low, _, _ in ranges),
-                    max(high for _, high, _ in ranges),
+                    models[model_id],
+                    sorted({site for site, *_ in ranges}),
+                    min(first - days + 1 for _, first, _, days in ranges),
+                    max(last for _, _, last, _ in ranges),
+                    block=common_days(ranges),
                 )
         for c, cfg, window, first_day, last_day in plans:
             model = models[c.model_id]
             if today < window[1]:
-                site_results = [
+                results.append(
                     MonitorResult(
                         monitor=MONITOR,
                         metric=f"psi:{SCORE}",
@@ -409,52 +577,48 @@ def run_drift(
                             f"{day_start(window[1]):%Y-%m-%d})"
                         },
                     )
-                ]
-            else:
-                reference = ensure_reference(
-                    conn,
-                    model=model,
-                    site_id=c.site_id,
-                    window=window,
-                    rebuild=c.first_hour < window[1] * 24,  # late data inside the reference
-                    stored=references[c.model_id].get(
-                        c.site_id, pd.DataFrame(columns=REFERENCE_COLUMNS)
-                    ),
                 )
-                read_from = first_day - cfg.window_days + 1
-                counts = _counts(
-                    conn, model, c.site_id, read_from, last_day, read=reads[c.model_id]
-                )
-                site_results = []
-                assert model.id is not None
-                for feature in features_of(model):
-                    ref_present, ref_missing = feature.split(reference[feature.name])
-                    rolled = trailing(counts[feature.name], cfg.window_days)
-                    for day in range(first_day, last_day + 1):
-                        cur_present, cur_missing = feature.split(rolled[day - read_from])
-                        measures = drift_measures(
-                            ref_present,
-                            cur_present,
-                            feature.centres,
-                            reference_missing=ref_missing,
-                            current_missing=cur_missing,
-                            psi_groups=cfg.psi_groups if feature.name == SCORE else None,
-                            psi_floor=cfg.psi_floor,
+                continue
+            reference = ensure_reference(
+                conn,
+                model=model,
+                site_id=c.site_id,
+                window=window,
+                rebuild=c.first_hour < window[1] * 24,  # late data inside the reference
+                stored=references[c.model_id],
+            )
+            read = reads[c.model_id]
+            read_from = first_day - cfg.window_days + 1
+            rolled = trailing(read.dense(c.site_id, read_from, last_day), cfg.window_days)
+            assert model.id is not None
+            for feature, start in zip(read.layout.features, read.layout.starts, strict=True):
+                ref_present, ref_missing = feature.split(reference[feature.name])
+                for day in range(first_day, last_day + 1):
+                    cur_present, cur_missing = feature.split(
+                        rolled[day - read_from, start : start + feature.size]
+                    )
+                    measures = drift_measures(
+                        ref_present,
+                        cur_present,
+                        feature.centres,
+                        reference_missing=ref_missing,
+                        current_missing=cur_missing,
+                        psi_groups=cfg.psi_groups if feature.name == SCORE else None,
+                        psi_floor=cfg.psi_floor,
+                    )
+                    results.extend(
+                        feature_results(
+                            measures,
+                            feature=feature.name,
+                            model_id=model.id,
+                            site_id=c.site_id,
+                            day=day,
+                            cfg=cfg,
+                            reference=window,
+                            now=now,
                         )
-                        site_results.extend(
-                            feature_results(
-                                measures,
-                                feature=feature.name,
-                                model_id=model.id,
-                                site_id=c.site_id,
-                                day=day,
-                                cfg=cfg,
-                                reference=window,
-                                now=now,
-                            )
-                        )
-            write_results(conn, site_results, now=now)
-            results.extend(site_results)
+                    )
+        write_results(conn, results, now=now)
         write_watermark(conn, MONITOR, max(c.updated_at for c in changed))
     logger.info("%s: %d points written", MONITOR, len(results))
     return results
