@@ -142,44 +142,163 @@ def runbook_severity(slug: str) -> str:
 # ---------------------------------------------------------------- I/O
 
 
-def latest_observation(conn: Connection, key: Key, *, runbook: str) -> Observation | None:
-    """The newest conclusive window's evidence for a key (index monitor, model, site, window)."""
+def _scope(key: Key) -> sa.ColumnElement[bool]:
     monitor, model_id, site_id, arm = key
-    scope = sa.and_(
+    return sa.and_(
         MP.c.monitor == monitor,
         MP.c.model_id == model_id,
         MP.c.site_id == site_id,
         MP.c.arm == arm,
         MP.c.status != Status.INSUFFICIENT.value,
     )
+
+
+def worst_point(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The point that decides a window: the worst status, then the last metric name; the
+    first such point (in id order) on a tie."""
+    return max(rows, key=lambda r: (SEVERITY[Status(r["status"])], r["metric"]))
+
+
+def observation_of(point: dict[str, Any], newest: datetime, *, runbook: str) -> Observation:
+    """A window's evidence from its deciding point (see `worst_point`)."""
+    detail = point.get("detail") or {}
+    severity = detail.get("severity") or runbook_severity(runbook)
+    return Observation(Status(point["status"]), str(severity), summarise(point), newest)
+
+
+def latest_observation(conn: Connection, key: Key, *, runbook: str) -> Observation | None:
+    """The newest conclusive window's evidence for a key (index monitor, model, site, window)."""
+    scope = _scope(key)
     newest = conn.execute(sa.select(sa.func.max(MP.c.window_end)).where(scope)).scalar()
     if newest is None:
         return None
     rows = [
         dict(r)
         for r in conn.execute(
-            sa.select(MP.c.metric, MP.c.value, MP.c.status, MP.c.threshold, MP.c.detail).where(
-                scope, MP.c.window_end == newest
-            )
+            sa.select(MP.c.metric, MP.c.value, MP.c.status, MP.c.threshold, MP.c.detail)
+            .where(scope, MP.c.window_end == newest)
+            .order_by(MP.c.id)
         ).mappings()
     ]
-    worst_row = max(rows, key=lambda r: (SEVERITY[Status(r["status"])], r["metric"]))
-    detail = worst_row.get("detail") or {}
-    severity = detail.get("severity") or runbook_severity(runbook)
-    return Observation(Status(worst_row["status"]), str(severity), summarise(worst_row), newest)
+    return observation_of(worst_point(rows), newest, runbook=runbook)
+
+
+_CHUNK = 400  # keys per statement: 4 parameters each, well inside both databases' limits
+_RANK = {status.value: rank for status, rank in SEVERITY.items()}
+
+
+@lru_cache(maxsize=8)
+def _newest_query(size: int) -> sa.TextualSelect:
+    """For `size` keys (parameters m0, o0, s0, a0, ...): each key's newest conclusive window end.
+
+    Each key's subquery walks the index (monitor, model, site, window_end) backwards and stops
+    at the first conclusive point of its arm, as the per-key `max` does on both databases.
+    """
+    values = ", ".join(f"(:m{i}, :o{i}, :s{i}, :a{i})" for i in range(size))
+    return sa.text(
+        f"WITH k (monitor, model_id, site_id, arm) AS (VALUES {values}) "
+        "SELECT k.monitor, k.model_id, k.site_id, k.arm, "
+        f"(SELECT p.window_end FROM {MP.name} p WHERE p.monitor = k.monitor "
+        "AND p.model_id = k.model_id AND p.site_id = k.site_id AND p.arm = k.arm "
+        "AND p.status != :insufficient ORDER BY p.window_end DESC LIMIT 1) AS newest FROM k"
+    ).columns(
+        sa.column("monitor", sa.String),
+        sa.column("model_id", sa.Integer),
+        sa.column("site_id", sa.Integer),
+        sa.column("arm", sa.String),
+        sa.column("newest", MP.c.window_end.type),
+    )
+
+
+def _newest_windows(conn: Connection, keys: list[Key]) -> dict[Key, datetime]:
+    """The newest conclusive window end of each key that has one, one query per 400 keys."""
+    newest: dict[Key, datetime] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        params: dict[str, Any] = {"insufficient": Status.INSUFFICIENT.value}
+        for i, (monitor, model_id, site_id, arm) in enumerate(chunk):
+            params |= {f"m{i}": monitor, f"o{i}": model_id, f"s{i}": site_id, f"a{i}": arm}
+        for monitor, model_id, site_id, arm, end in conn.execute(_newest_query(len(chunk)), params):
+            if end is not None:
+                newest[(str(monitor), int(model_id), int(site_id), str(arm))] = end
+    return newest
+
+
+def latest_observations(
+    conn: Connection, keys: Iterable[Key], *, runbooks: dict[str, str]
+) -> dict[Key, Observation]:
+    """`latest_observation` of many keys in a few queries: the newest windows; the points of
+    those windows, one query per monitor and model (index monitor, model, site, window_end);
+    then the detail of each key's deciding point only."""
+    newest = _newest_windows(conn, sorted(set(keys)))
+    groups: dict[tuple[str, int], list[Key]] = {}
+    for key in newest:
+        groups.setdefault((key[0], key[1]), []).append(key)
+    # Per key: ((rank, metric), id, point) of the deciding point so far, as `worst_point`.
+    best: dict[Key, tuple[tuple[int, str], int, dict[str, Any]]] = {}
+    for (monitor, model_id), members in groups.items():
+        query = (
+            sa.select(
+                MP.c.id,
+                MP.c.site_id,
+                MP.c.arm,
+                MP.c.window_end,
+                MP.c.metric,
+                MP.c.value,
+                MP.c.status,
+                MP.c.threshold,
+            )
+            .where(
+                MP.c.monitor == monitor,
+                MP.c.model_id == model_id,
+                MP.c.site_id.in_(sorted({k[2] for k in members})),
+                MP.c.window_end.in_(sorted({newest[k] for k in members})),
+                MP.c.status != Status.INSUFFICIENT.value,
+            )
+            .order_by(MP.c.id)
+        )
+        for point_id, site_id, arm, end, metric, value, status, threshold in conn.execute(query):
+            key = (monitor, model_id, int(site_id), str(arm))
+            if newest.get(key) != end:
+                continue
+            rank = (_RANK[status], metric)
+            if key not in best or rank > best[key][0]:
+                point = {"metric": metric, "value": value, "status": status, "threshold": threshold}
+                best[key] = (rank, point_id, point)
+    ids = [point_id for _, point_id, _ in best.values()]
+    details: dict[int, Any] = {}
+    for start in range(0, len(ids), _CHUNK):
+        details |= dict(
+            conn.execute(
+                sa.select(MP.c.id, MP.c.detail).where(MP.c.id.in_(ids[start : start + _CHUNK]))
+            ).all()
+        )
+    return {
+        key: observation_of(
+            point | {"detail": details.get(point_id)}, newest[key], runbook=runbooks[key[0]]
+        )
+        for key, (_, point_id, point) in sorted(best.items())
+    }
 
 
 def _active_alert(conn: Connection, key_text: str) -> ActiveAlert | None:
+    return _active_alerts(conn, [key_text]).get(key_text)
+
+
+def _active_alerts(conn: Connection, key_texts: list[str]) -> dict[str, ActiveAlert]:
+    """The newest open or acknowledged alert of each dedup key (locked on PostgreSQL)."""
+    if not key_texts:
+        return {}
     query = (
-        sa.select(A.c.id, A.c.severity, A.c.summary)
-        .where(A.c.dedup_key == key_text, A.c.status.in_(ACTIVE))
-        .order_by(A.c.id.desc())
-        .limit(1)
+        sa.select(A.c.id, A.c.dedup_key, A.c.severity, A.c.summary)
+        .where(A.c.dedup_key.in_(sorted(set(key_texts))), A.c.status.in_(ACTIVE))
+        .order_by(A.c.id)
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    row = conn.execute(query).first()
-    return None if row is None else ActiveAlert(row.id, row.severity, row.summary)
+    return {
+        row.dedup_key: ActiveAlert(row.id, row.severity, row.summary) for row in conn.execute(query)
+    }
 
 
 def apply_observation(
@@ -192,9 +311,27 @@ def apply_observation(
     now: datetime,
 ) -> tuple[str, AlertChange | None]:
     """Carry out the transition for one key inside the caller's transaction."""
+    key_text = dedup_key(key[0], names[0], names[1], key[3])
+    action, change, _ = _apply(
+        conn, key, observation, _active_alert(conn, key_text), names=names, runbook=runbook, now=now
+    )
+    return action, change
+
+
+def _apply(
+    conn: Connection,
+    key: Key,
+    observation: Observation,
+    active: ActiveAlert | None,
+    *,
+    names: tuple[str, str | None],
+    runbook: str,
+    now: datetime,
+) -> tuple[str, AlertChange | None, ActiveAlert | None]:
+    """The transition for one key given its active alert; also returns the key's active alert
+    afterwards (None once resolved)."""
     monitor, model_id, site_id, arm = key
     key_text = dedup_key(monitor, names[0], names[1], arm)
-    active = _active_alert(conn, key_text)
     action = transition(active, observation)
 
     def change(kind: str, alert_id: int, severity: str) -> AlertChange:
@@ -220,7 +357,8 @@ def apply_observation(
             )
             .returning(A.c.id)
         ).scalar_one()
-        return action, change("opened", alert_id, observation.severity)
+        opened = ActiveAlert(alert_id, observation.severity, observation.summary)
+        return action, change("opened", alert_id, observation.severity), opened
     assert action == "none" or active is not None
     if action == "escalate" and active is not None:
         conn.execute(
@@ -228,48 +366,64 @@ def apply_observation(
             .where(A.c.id == active.id)
             .values(severity=observation.severity, summary=observation.summary)
         )
-        return action, change("escalated", active.id, observation.severity)
+        escalated = ActiveAlert(active.id, observation.severity, observation.summary)
+        return action, change("escalated", active.id, observation.severity), escalated
     if action == "update" and active is not None:
         conn.execute(sa.update(A).where(A.c.id == active.id).values(summary=observation.summary))
-        return action, None
+        return action, None, ActiveAlert(active.id, active.severity, observation.summary)
     if action == "resolve" and active is not None:
         conn.execute(
             sa.update(A)
             .where(A.c.id == active.id)
             .values(status="resolved", resolved_at=now, summary=observation.summary)
         )
-        return action, change("resolved", active.id, active.severity)
-    return action, None
+        return action, change("resolved", active.id, active.severity), None
+    return action, None, active
 
 
 def _sync_keys(
     engine: Engine, keys: Iterable[Key], *, now: datetime, registry: MonitorRegistry
 ) -> AlertChanges:
+    """Read every key's evidence and active alert in a few queries, then carry out each key's
+    transition in key order (the alerts of keys already handled are tracked in memory)."""
     changes = AlertChanges()
     wanted = sorted(set(keys))
     if not wanted:
         return changes
     known = set(registry.names())
+    runbooks: dict[str, str] = {}
+    registered: list[Key] = []
+    for key in wanted:
+        if key[0] not in known:
+            logger.warning("results of unregistered monitor %s raise no alert", key[0])
+            continue
+        runbooks.setdefault(key[0], registry.get(key[0]).runbook)
+        registered.append(key)
     with engine.begin() as conn:
         M, S = table_of(Model), table_of(Site)
         models = dict(conn.execute(sa.select(M.c.id, M.c.name)).all())
         sites = dict(conn.execute(sa.select(S.c.id, S.c.code)).all())
-        for key in wanted:
-            if key[0] not in known:
-                logger.warning("results of unregistered monitor %s raise no alert", key[0])
-                continue
-            runbook = registry.get(key[0]).runbook
-            observation = latest_observation(conn, key, runbook=runbook)
+        observations = latest_observations(conn, registered, runbooks=runbooks)
+        names = {key: (models[key[1]], sites.get(key[2])) for key in observations}
+        texts = {key: dedup_key(key[0], *names[key], key[3]) for key in observations}
+        active = _active_alerts(conn, list(texts.values()))
+        for key in registered:
+            observation = observations.get(key)
             if observation is None:
                 continue
-            action, change = apply_observation(
+            action, change, active_after = _apply(
                 conn,
                 key,
                 observation,
-                names=(models[key[1]], sites.get(key[2])),
-                runbook=runbook,
+                active.get(texts[key]),
+                names=names[key],
+                runbook=runbooks[key[0]],
                 now=now,
             )
+            if active_after is None:
+                active.pop(texts[key], None)
+            else:
+                active[texts[key]] = active_after
             if action == "update":
                 changes.updated += 1
             if change is not None:

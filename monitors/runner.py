@@ -6,6 +6,8 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -114,6 +116,46 @@ def _daily_settled_counts(
     return pd.DataFrame(conn.execute(query).mappings().all())
 
 
+COUNT_COLUMNS = ("n_ok", "n_settled", "observed", "expected")
+
+
+def trailing_counts(
+    daily: pd.DataFrame, windows: dict[int, int], days: range
+) -> dict[int, npt.NDArray[np.float64]]:
+    """Per site (site_id → window_days): for each day in `days`, the sums of the daily counts
+    (COUNT_COLUMNS) over the trailing window ending that day, an array of len(days) × 4.
+
+    Sites sharing a window length are summed together, one column per site and count, by the
+    same pandas rolling sum a single site gets, so each column's sums are the same floats.
+    """
+    if daily.empty:
+        site_of = np.zeros(0, dtype=np.int64)
+        day_of = np.zeros(0, dtype=np.int64)
+        values = np.zeros((0, len(COUNT_COLUMNS)))
+    else:
+        site_of = daily["site_id"].to_numpy(dtype=np.int64)
+        day_of = daily["day"].to_numpy(dtype=np.int64)
+        values = np.column_stack([daily[c].to_numpy(dtype=float) for c in COUNT_COLUMNS])
+    width = len(COUNT_COLUMNS)
+    out: dict[int, npt.NDArray[np.float64]] = {site: np.zeros((0, width)) for site in windows}
+    if len(days) == 0:
+        return out
+    for window in sorted(set(windows.values())):
+        group = [site for site, w in windows.items() if w == window]
+        first = days.start - window + 1
+        column = pd.Index(group).get_indexer(pd.Index(site_of))
+        row = day_of - first
+        keep = (column >= 0) & (row >= 0) & (row < days.stop - first)
+        full = np.zeros((days.stop - first, width * len(group)))
+        for k in range(width):
+            full[row[keep], column[keep] * width + k] = values[keep, k]
+        rolled = pd.DataFrame(full).rolling(window, min_periods=1).sum().to_numpy()
+        tail = rolled[days.start - first :]
+        for index, site in enumerate(group):
+            out[site] = tail[:, index * width : (index + 1) * width]
+    return out
+
+
 def observed_expected_results(
     daily: pd.DataFrame,
     *,
@@ -126,20 +168,18 @@ def observed_expected_results(
     """Trailing-window O:E for each site and each day in `days`, from daily settled counts."""
     results: list[MonitorResult] = []
     assert model.id is not None
-    for site_id, code in site_codes.items():
-        cfg = config.for_monitor(OE_MONITOR, OEConfig, model=model.name, site=code)
-        site_daily = daily[daily["site_id"] == site_id] if not daily.empty else daily
-        by_day = (
-            site_daily.set_index("day")[["n_ok", "n_settled", "observed", "expected"]]
-            if not site_daily.empty
-            else pd.DataFrame(columns=["n_ok", "n_settled", "observed", "expected"])
-        )
-        full = by_day.reindex(range(days.start - cfg.window_days + 1, days.stop), fill_value=0)
-        rolled = full.astype(float).rolling(cfg.window_days, min_periods=1).sum()
-        for day in days:
-            row = rolled.loc[day]
-            observed, expected = round(float(row["observed"])), float(row["expected"])
-            n_ok, n_settled = int(row["n_ok"]), int(row["n_settled"])
+    configs = {
+        site_id: config.for_monitor(OE_MONITOR, OEConfig, model=model.name, site=code)
+        for site_id, code in site_codes.items()
+    }
+    sums = trailing_counts(daily, {s: cfg.window_days for s, cfg in configs.items()}, days)
+    for site_id in site_codes:
+        cfg = configs[site_id]
+        for day, (n_ok_sum, n_settled_sum, observed_sum, expected_sum) in zip(
+            days, sums[site_id].tolist(), strict=True
+        ):
+            observed, expected = round(observed_sum), float(expected_sum)
+            n_ok, n_settled = int(n_ok_sum), int(n_settled_sum)
             deff = cfg.design_effect or design_effect_for(
                 model.horizon_hours, model.scoring_interval_minutes
             )

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,16 @@ class SLOConfig:
 
 
 def load_slo_config(path: Path = DEFAULT_SLO_CONFIG) -> SLOConfig:
-    """Read and check config/slos.yaml; a mistake is refused with the SLO's name."""
+    """Read and check config/slos.yaml; a mistake is refused with the SLO's name.
+
+    The parsed file is reused while its modification time and size stay the same."""
+    stat = path.stat()
+    return _parse_slo_config(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _parse_slo_config(path: Path, mtime_ns: int, size: int) -> SLOConfig:
+    """The configuration in `path` as of that modification time and size (the cache key)."""
     data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     rules = []
     for raw in data.get("rules", []):
@@ -417,11 +427,7 @@ def _read_counts(
         else []
     )
     # Bucket starts in epoch seconds (multiplied here: in SQL they could overflow int4).
-    hourly = pd.DataFrame(
-        [(s, h * 3600, *rest) for s, h, *rest in hourly_rows]
-        + [(s, d * 86400, *rest) for s, d, *rest in daily_rows],
-        columns=["site_id", "start", "n_ok", "n_on_time", "n_failed"],
-    )
+    hourly = _bucket_frame(hourly_rows, 3600, daily_rows, 86400)
     # Raw windows: each short window, and the current partial hour for the long ones.
     raw_windows = {w: now - w for w in config.windows() if w <= RAW_HORIZON}
     raw_windows[timedelta(0)] = hour_now  # key 0: the partial hour
@@ -440,31 +446,54 @@ def _read_counts(
                 f"failed_{index}"
             ),
         ]
-    rows = pd.DataFrame(
-        conn.execute(
-            sa.select(*columns)
-            .where(
-                P.c.model_id == model.id,
-                P.c.site_id.in_(site_ids),
-                P.c.scored_at >= earliest,
-                P.c.scored_at < now,
-            )
-            .group_by(P.c.site_id)
+    rows = conn.execute(
+        sa.select(*columns)
+        .where(
+            P.c.model_id == model.id,
+            P.c.site_id.in_(site_ids),
+            P.c.scored_at >= earliest,
+            P.c.scored_at < now,
         )
-        .mappings()
-        .all()
-    )
-    recent: dict[timedelta, pd.DataFrame] = {}
-    for index, window in enumerate(raw_windows):
-        frame = pd.DataFrame({"site_id": site_ids})
-        if not rows.empty:
-            picked = rows[["site_id", f"ok_{index}", f"on_time_{index}", f"failed_{index}"]]
-            picked.columns = pd.Index(["site_id", "n_ok", "n_on_time", "n_failed"])
-            frame = frame.merge(picked, on="site_id", how="left")
-        recent[window] = frame.reindex(columns=["site_id", "n_ok", "n_on_time", "n_failed"]).fillna(
-            0
+        .group_by(P.c.site_id)
+    ).all()
+    # One row of 3 counts per raw window for each site that scored; zeros for the others.
+    found = np.zeros((len(site_ids), 3 * len(raw_windows)))
+    position = {site_id: index for index, site_id in enumerate(site_ids)}
+    for site_id, *values in rows:
+        found[position[site_id]] = values
+    recent = {
+        window: pd.DataFrame(
+            {
+                "site_id": site_ids,
+                "n_ok": found[:, 3 * index],
+                "n_on_time": found[:, 3 * index + 1],
+                "n_failed": found[:, 3 * index + 2],
+            }
         )
+        for index, window in enumerate(raw_windows)
+    }
     return _ModelCounts(site_ids=site_ids, hourly=hourly, recent=recent)
+
+
+def _bucket_frame(
+    hourly_rows: Sequence[Any], hour_width: int, daily_rows: Sequence[Any], day_width: int
+) -> pd.DataFrame:
+    """Rows of (site_id, bucket number, n_ok, n_on_time, n_failed) of two bucket widths as one
+    frame of site_id, start (epoch seconds), and the three counts."""
+    parts = [
+        (np.asarray([tuple(row) for row in rows], dtype=np.int64).reshape(-1, 5), width)
+        for rows, width in ((hourly_rows, hour_width), (daily_rows, day_width))
+    ]
+    values = np.vstack([array for array, _ in parts])
+    return pd.DataFrame(
+        {
+            "site_id": values[:, 0],
+            "start": np.concatenate([array[:, 1] * width for array, width in parts]),
+            "n_ok": values[:, 2],
+            "n_on_time": values[:, 3],
+            "n_failed": values[:, 4],
+        }
+    )
 
 
 def _long_window_starts(now: datetime, config: SLOConfig) -> set[int]:
@@ -486,30 +515,38 @@ def whole_days(first_hour: int, end_hour: int, starts: set[int]) -> list[int]:
 def _window_counts(
     counts: _ModelCounts, spec: SLOSpec, now: datetime, config: SLOConfig
 ) -> dict[timedelta, WindowCounts]:
-    """Per-site counts of every window the SLO needs, parallel to `counts.site_ids`."""
+    """Per-site counts of every window the SLO needs, parallel to `counts.site_ids`.
+
+    A long window sums the buckets (whole hours or days from the rollups, then the current
+    partial hour from raw rows) whose start lies in `[window start, now)`.
+    """
     now_s = epoch_seconds(now)
-    partial = counts.recent[timedelta(0)]
+    size = len(counts.site_ids)
+    hourly = counts.hourly
+    site = pd.Index(counts.site_ids).get_indexer(pd.Index(hourly["site_id"]))
+    starts = hourly["start"].to_numpy(dtype=np.int64)
+    bad, total = sli_counts(hourly, spec.sli)
+    partial_bad, partial_total = sli_counts(counts.recent[timedelta(0)], spec.sli)
+    partial_start = now_s // 3600 * 3600
     result: dict[timedelta, WindowCounts] = {}
     for window in config.windows():
         if window <= RAW_HORIZON:
-            bad, total = sli_counts(counts.recent[window], spec.sli)
-            result[window] = WindowCounts(bad=bad, total=total)
+            raw_bad, raw_total = sli_counts(counts.recent[window], spec.sli)
+            result[window] = WindowCounts(bad=raw_bad, total=raw_total)
             continue
         start_s = int(window_start_seconds(now_s, window))
-        bads, totals = [], []
-        for index, site_id in enumerate(counts.site_ids):
-            site_hours = counts.hourly[counts.hourly["site_id"] == site_id].sort_values("start")
-            b, t = sli_counts(site_hours, spec.sli)
-            # Whole hours (or days) from the rollups, then the partial hour from raw rows as
-            # one bucket.
-            starts = np.append(site_hours["start"].to_numpy(dtype=np.int64), now_s // 3600 * 3600)
-            pb, pt = sli_counts(partial.iloc[[index]], spec.sli)
-            values = np.column_stack([np.append(b, pb), np.append(t, pt)])
-            sums = bucket_sums(starts, values, [start_s], [now_s])[0]
-            bads.append(sums[0])
-            totals.append(sums[1])
-        result[window] = WindowCounts(bad=np.asarray(bads), total=np.asarray(totals))
+        inside = (site >= 0) & (starts >= start_s) & (starts < now_s)
+        window_bad = _site_sums(site[inside], bad[inside], size)
+        window_total = _site_sums(site[inside], total[inside], size)
+        if start_s <= partial_start < now_s:
+            window_bad, window_total = window_bad + partial_bad, window_total + partial_total
+        result[window] = WindowCounts(bad=window_bad, total=window_total)
     return result
+
+
+def _site_sums(site: I64, values: F64, size: int) -> F64:
+    """Sum of `values` per site position (0 .. size - 1)."""
+    return np.asarray(np.bincount(site, weights=values, minlength=size), dtype=np.float64)
 
 
 def _status(evaluation: SLOEvaluation, index: int) -> Status:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,14 +40,23 @@ def upsert(
     """INSERT rows, or UPDATE the `update` columns where the `key` columns already exist."""
     if not rows:
         return
+    stmt = _upsert_statement(conn.dialect.name, table, tuple(key), tuple(update))
+    conn.execute(stmt, rows if isinstance(rows, list) else list(rows))
+
+
+@lru_cache(maxsize=128)
+def _upsert_statement(
+    dialect: str, table: sa.Table, key: tuple[str, ...], update: tuple[str, ...]
+) -> Any:
+    """One statement object per dialect, table and columns: built, cache-keyed and compiled
+    once (SQLAlchemy's compiled cache), not again for every batch."""
     stmt: Any
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt = postgresql.insert(table)
-    elif conn.dialect.name == "sqlite":
+    elif dialect == "sqlite":
         stmt = sqlite.insert(table)
     else:  # pragma: no cover
-        raise NotImplementedError(conn.dialect.name)
-    stmt = stmt.on_conflict_do_update(
+        raise NotImplementedError(dialect)
+    return stmt.on_conflict_do_update(
         index_elements=list(key), set_={c: stmt.excluded[c] for c in update}
     )
-    conn.execute(stmt, list(rows))
