@@ -57,10 +57,11 @@ from monitors.base import MonitorResult, Status
 from monitors.config import MonitorConfig
 from monitors.durations import EPOCH, epoch_seconds, floor_hour
 from monitors.observed_expected import observed_to_expected
-from monitors.rollup_io import load_sites, model_hours
+from monitors.rollup_io import daily_ready, load_sites, model_days, model_hours
 from monitors.runner import write_results
 from store.models import (
     AlertBurdenHour,
+    DailyRollup,
     Deployment,
     Model,
     Prediction,
@@ -84,6 +85,7 @@ LOOKBACK_SNOOZES = 2  # first lookback before a run of hours, in snooze periods
 LOOKBACK_ROUNDS = 6  # longer lookbacks (each twice the last) before reading without a bound
 
 AB = table_of(AlertBurdenHour)
+DR = table_of(DailyRollup)
 P = table_of(Prediction)
 R = table_of(PredictionRollup)
 
@@ -179,13 +181,25 @@ def winsorised_rate(
 ) -> float:
     """Pooled Poisson rate after capping each period's count at its `cap_quantile` Poisson limit
     under the pooled rate (one-step winsorisation): robust to a single anomalous day."""
-    c, e = np.asarray(counts, dtype=float), np.asarray(exposures, dtype=float)
-    total = e.sum()
-    if total <= 0:
-        return float("nan")
-    pooled = c.sum() / total
-    caps = stats.poisson.ppf(cap_quantile, pooled * e)
-    return float(np.minimum(c, caps).sum() / total)
+    return winsorised_rates([(counts, exposures)], cap_quantile)[0]
+
+
+def winsorised_rates(
+    pairs: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]], cap_quantile: float = 0.999
+) -> list[float]:
+    """`winsorised_rate` of each (counts, exposures) pair, with one scipy call (it is slow)."""
+    arrays = [(np.asarray(c, dtype=float), np.asarray(e, dtype=float)) for c, e in pairs]
+    totals = [float(e.sum()) for _, e in arrays]
+    live = [i for i, total in enumerate(totals) if total > 0]
+    means = [arrays[i][0].sum() / totals[i] * arrays[i][1] for i in live]
+    caps = stats.poisson.ppf(cap_quantile, np.concatenate(means)) if means else np.empty(0)
+    out = [float("nan")] * len(arrays)
+    offset = 0
+    for i in live:
+        c = arrays[i][0]
+        out[i] = float(np.minimum(c, caps[offset : offset + c.size]).sum() / totals[i])
+        offset += c.size
+    return out
 
 
 @dataclass(frozen=True)
@@ -620,10 +634,14 @@ def _hourly_frame(
 
 @dataclass(frozen=True)
 class HourlySeries:
-    """Dense hourly counts of one site from `first_hour` on, with running sums for O(1) windows."""
+    """Dense counts of one site from `first_hour` on, per period of `step` hours (1, or 24 for
+    day-long periods starting at `first_hour`'s hour of day), with running sums for O(1)
+    windows. With day-long periods every window asked for must start and end on a period
+    boundary (a whole number of days from `first_hour`)."""
 
     first_hour: int
     cumulative: dict[str, npt.NDArray[np.float64]]
+    step: int = 1
 
     FIELDS = ("n_scored", "n_alert", "n_shown", "n_alert_settled", "n_alert_positive")
 
@@ -644,15 +662,132 @@ class HourlySeries:
     def total(self, name: str, start_hour: int, end_hour: int) -> float:
         """Sum of `name` over hours [start_hour, end_hour), clipped to the series."""
         cum = self.cumulative[name]
-        i = int(np.clip(start_hour - self.first_hour, 0, len(cum) - 1))
-        j = int(np.clip(end_hour - self.first_hour, 0, len(cum) - 1))
+        i = int(np.clip((start_hour - self.first_hour) // self.step, 0, len(cum) - 1))
+        j = int(np.clip((end_hour - self.first_hour) // self.step, 0, len(cum) - 1))
         return float(cum[j] - cum[i]) if j > i else 0.0
 
     def sums(self, name: str, starts: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.float64]:
         cum = self.cumulative[name]
-        i = np.clip(starts - self.first_hour, 0, len(cum) - 1)
-        j = np.clip(starts + width - self.first_hour, 0, len(cum) - 1)
+        i = np.clip((starts - self.first_hour) // self.step, 0, len(cum) - 1)
+        j = np.clip((starts + width - self.first_hour) // self.step, 0, len(cum) - 1)
         return np.asarray(cum[j] - cum[i], dtype=float)
+
+
+ROLLUP_FIELDS = ("n_scored", "n_alert_settled", "n_alert_positive")  # n_scored: n_ok summed
+
+
+def _day_parts(
+    conn: Connection,
+    model_id: int,
+    site_ids: Sequence[int],
+    first_hour: int,
+    last_hour: int,
+    hour_of_day: sa.ColumnElement[bool],
+) -> list[tuple[int, int, float, float, float]]:
+    """(site, day, ROLLUP_FIELDS) summed per day over the hours [first_hour, last_hour) whose
+    hour of day passes `hour_of_day`. The condition is on the index's hour, so SQLite reads
+    only the matching rows from the table."""
+    day = (R.c.hour // 24).label("day")
+    rows = conn.execute(
+        sa.select(
+            R.c.site_id,
+            day,
+            sa.func.sum(R.c.n_ok),
+            sa.func.sum(R.c.n_alert_settled),
+            sa.func.sum(R.c.n_alert_positive),
+        )
+        .where(model_hours(R, model_id, site_ids, first_hour, last_hour), hour_of_day)
+        .group_by(R.c.site_id, day)
+    ).all()
+    return [(int(a), int(d), float(x or 0), float(y or 0), float(z or 0)) for a, d, x, y, z in rows]
+
+
+def _add_rows(
+    out: npt.NDArray[np.float64],
+    rows: Sequence[tuple[Any, ...]],
+    row_of: dict[int, int],
+    first: int,
+    sign: float,
+) -> None:
+    """Add (site, day, values...) rows into out[site row, day - first, :] (skipping others)."""
+    if not rows:
+        return
+    data = np.array([r[2:] for r in rows], dtype=float)
+    sites = np.array([row_of.get(int(r[0]), -1) for r in rows], dtype=np.int64)
+    days = np.array([int(r[1]) for r in rows], dtype=np.int64) - first
+    keep = (sites >= 0) & (days >= 0) & (days < out.shape[1])
+    np.add.at(out, (sites[keep], days[keep]), sign * data[keep])
+
+
+def _daily_series(
+    conn: Connection, model_id: int, site_ids: Sequence[int], first_hour: int, end_hour: int
+) -> dict[int, HourlySeries] | None:
+    """Each site's series over [first_hour, end_hour) in day-long periods that end at
+    `end_hour` (a whole number of days after `first_hour`), or None when the daily rollups
+    are not current for those days.
+
+    A period is [24d + r, 24d + 24 + r) with r = end_hour's hour of day: the day d's rollups
+    less its first r hours plus the first r hours of day d + 1 (or, for r > 12, the last
+    24 - r hours of day d plus day d + 1 less its last 24 - r hours). Whole days come from
+    `dailyrollup`, so only min(r, 24 - r) hours a day are read from the hourly rollups. Counts
+    are whole numbers, so the sums are exactly the hourly ones. Alert counts come from the
+    hourly `alertburdenhour` (a row per hour with alerts only).
+    """
+    periods = (end_hour - first_hour) // 24
+    r = end_hour % 24
+    first_day = first_hour // 24
+    last_day = first_day + periods  # the day holding end_hour (or starting at it)
+    if not daily_ready(conn, model_id, site_ids, first_day, last_day):
+        return None
+    row_of = {site_id: i for i, site_id in enumerate(site_ids)}
+    rollups = np.zeros((len(site_ids), periods, len(ROLLUP_FIELDS)))
+    # Period k holds day first_day + k (head scheme) or first_day + k + 1 (tail scheme) whole.
+    tail = r > 12
+    whole = first_day + 1 if tail else first_day
+    daily = conn.execute(
+        sa.select(
+            DR.c.site_id, DR.c.day, DR.c.n_ok, DR.c.n_alert_settled, DR.c.n_alert_positive
+        ).where(model_days(DR, model_id, site_ids, whole, whole + periods - 1))
+    ).all()
+    _add_rows(rollups, daily, row_of, whole, 1.0)
+    if tail:  # + last 24 - r hours of day first_day + k, - those of day first_day + k + 1
+        parts = _day_parts(
+            conn, model_id, site_ids, 24 * first_day, 24 * (last_day + 1), R.c.hour % 24 >= r
+        )
+        _add_rows(rollups, parts, row_of, first_day, 1.0)
+        _add_rows(rollups, parts, row_of, first_day + 1, -1.0)
+    elif r > 0:  # - first r hours of day first_day + k, + those of day first_day + k + 1
+        parts = _day_parts(conn, model_id, site_ids, 24 * first_day, end_hour, R.c.hour % 24 < r)
+        _add_rows(rollups, parts, row_of, first_day, -1.0)
+        _add_rows(rollups, parts, row_of, first_day + 1, 1.0)
+    alerts = np.zeros((len(site_ids), periods, 2))
+    alert_rows = conn.execute(
+        sa.select(AB.c.site_id, AB.c.hour, AB.c.n_alert, AB.c.n_shown).where(
+            model_hours(AB, model_id, site_ids, first_hour, end_hour)
+        )
+    ).all()
+    if alert_rows:
+        values = np.array([tuple(row) for row in alert_rows], dtype=np.int64)
+        sites = np.array([row_of[int(s)] for s in values[:, 0]], dtype=np.int64)
+        np.add.at(alerts, (sites, (values[:, 1] - first_hour) // 24), values[:, 2:].astype(float))
+    columns = {
+        "n_scored": rollups[..., 0],
+        "n_alert": alerts[..., 0],
+        "n_shown": alerts[..., 1],
+        "n_alert_settled": rollups[..., 1],
+        "n_alert_positive": rollups[..., 2],
+    }
+    zero = np.zeros((len(site_ids), 1))
+    cumulative = {
+        name: np.concatenate([zero, np.cumsum(values, axis=1)], axis=1)
+        for name, values in columns.items()
+    }
+    return {
+        site_id: HourlySeries(
+            first_hour, {name: cum[i] for name, cum in cumulative.items()}, step=24
+        )
+        for site_id, i in row_of.items()
+    }
 
 
 def dispersion(counts: npt.ArrayLike, expected: npt.ArrayLike) -> float:
@@ -663,6 +798,39 @@ def dispersion(counts: npt.ArrayLike, expected: npt.ArrayLike) -> float:
     if keep.sum() < 2:
         return 1.0
     return max(1.0, float(((c[keep] - e[keep]) ** 2 / e[keep]).sum() / (keep.sum() - 1)))
+
+
+BaselineSpec = tuple[int, int, str]  # (before, width, count)
+
+
+def _baselines(
+    series: HourlySeries,
+    specs: Sequence[BaselineSpec],
+    *,
+    config: AlertBurdenConfig,
+    interval: int,
+) -> list[tuple[float, float, float]]:
+    """`_baseline` of several (before, width, count), the winsorised rates in one scipy call."""
+    days = np.arange(1, config.baseline_days + 1, dtype=np.int64)
+    inputs = []
+    for before, _, count in specs:
+        day_starts = before - 24 * days
+        shown = series.sums(count, day_starts, 24)
+        scored = series.sums("n_scored", day_starts, 24)
+        active = scored > 0
+        inputs.append((shown[active], exposure(scored[active], interval)))
+    rates = winsorised_rates([pair for pair in inputs if pair[0].size])
+    out = []
+    for (before, width, count), (shown, _) in zip(specs, inputs, strict=True):
+        if not shown.size:
+            out.append((float("nan"), 0.0, 1.0))
+            continue
+        rate = rates.pop(0)
+        starts = before - width - 24 * np.arange(0, max(config.baseline_days - width // 24, 1))
+        window_shown = series.sums(count, starts, width)
+        window_exposure = exposure(series.sums("n_scored", starts, width), interval)
+        out.append((rate, float(shown.size), dispersion(window_shown, rate * window_exposure)))
+    return out
 
 
 def _baseline(
@@ -676,19 +844,7 @@ def _baseline(
 ) -> tuple[float, float, float]:
     """Winsorised rate of `count` over the `baseline_days` before `before`, its days with
     scoring, and the dispersion of its overlapping `width`-hour sums (stepping by a day)."""
-    days = np.arange(1, config.baseline_days + 1, dtype=np.int64)
-    day_starts = before - 24 * days
-    shown = series.sums(count, day_starts, 24)
-    scored = series.sums("n_scored", day_starts, 24)
-    active = scored > 0
-    if not active.any():
-        return float("nan"), 0.0, 1.0
-    exposures = exposure(scored[active], interval)
-    rate = winsorised_rate(shown[active], exposures)
-    starts = before - width - 24 * np.arange(0, max(config.baseline_days - width // 24, 1))
-    window_shown = series.sums(count, starts, width)
-    window_exposure = exposure(series.sums("n_scored", starts, width), interval)
-    return rate, float(active.sum()), dispersion(window_shown, rate * window_exposure)
+    return _baselines(series, [(before, width, count)], config=config, interval=interval)[0]
 
 
 def _floored(value: float, floor: float) -> float:
@@ -708,25 +864,21 @@ def burden_series(
     """Everything the monitor judges for one site as of the hour boundary `end_hour`."""
     spike_width, drop_width = config.spike_window_hours, 24 * config.drop_window_days
     spike_start, drop_start = end_hour - spike_width, end_hour - drop_width
-    spike_rate, spike_days, spike_phi = _baseline(
+    (
+        (spike_rate, spike_days, spike_phi),
+        (volume_rate, _, volume_phi),
+        (
+            drop_rate,
+            drop_days,
+            drop_phi,
+        ),
+    ) = _baselines(
         series,
-        before=spike_start,
-        width=spike_width,
-        config=config,
-        interval=scoring_interval_minutes,
-    )
-    volume_rate, _, volume_phi = _baseline(
-        series,
-        before=spike_start,
-        width=spike_width,
-        config=config,
-        interval=scoring_interval_minutes,
-        count="n_alert",
-    )
-    drop_rate, drop_days, drop_phi = _baseline(
-        series,
-        before=drop_start,
-        width=drop_width,
+        [
+            (spike_start, spike_width, "n_shown"),
+            (spike_start, spike_width, "n_alert"),
+            (drop_start, drop_width, "n_shown"),
+        ],
         config=config,
         interval=scoring_interval_minutes,
     )
@@ -882,28 +1034,36 @@ def run_alert_burden(
                     sa.select(D.c.site_id).where(D.c.model_id == model.id).distinct()
                 ).scalars()
             )
-            widest = (
-                max(
+            configs = {
+                s: config.for_monitor(MONITOR, AlertBurdenConfig, model=model.name, site=codes[s])
+                for s in site_ids
+            }
+            widest = max(
+                (
                     24 * (c.baseline_days + c.drop_window_days) + c.spike_window_hours
-                    for c in (
-                        config.for_monitor(
-                            MONITOR, AlertBurdenConfig, model=model.name, site=codes[s]
-                        )
-                        for s in site_ids
-                    )
-                )
-                if site_ids
-                else 0
+                    for c in configs.values()
+                ),
+                default=0,
             )
-            hourly = _hourly_frame(conn, model.id, end_hour - widest, end_hour, site_ids=site_ids)
-            for site_id in site_ids:
-                cfg = config.for_monitor(
-                    MONITOR, AlertBurdenConfig, model=model.name, site=codes[site_id]
+            by_site = (
+                _daily_series(conn, model.id, site_ids, end_hour - widest, end_hour)
+                if site_ids and all(c.spike_window_hours % 24 == 0 for c in configs.values())
+                else None
+            )
+            if by_site is None:
+                hourly = _hourly_frame(
+                    conn, model.id, end_hour - widest, end_hour, site_ids=site_ids
                 )
-                series = burden_series(
-                    HourlySeries.from_frame(
+                by_site = {
+                    site_id: HourlySeries.from_frame(
                         hourly[hourly["site_id"] == site_id], end_hour - widest, end_hour
-                    ),
+                    )
+                    for site_id in site_ids
+                }
+            for site_id in site_ids:
+                cfg = configs[site_id]
+                series = burden_series(
+                    by_site[site_id],
                     end_hour=end_hour,
                     scoring_interval_minutes=model.scoring_interval_minutes,
                     config=cfg,

@@ -290,6 +290,27 @@ def _cluster_query(
     return out
 
 
+def raw_window(
+    dialect: str, model_id: int, site_id: int, first_hour: int, end_hour: int
+) -> sa.ColumnElement[bool]:
+    """Raw predictions of one model at one site scored in hours [first_hour, end_hour), read
+    through the (model_id, site_id, scored_at) index: one range of the site's rows.
+
+    `scored_hour` is the hour of `scored_at`, so both bounds select the same rows; the hour's
+    bounds prune PostgreSQL's partitions. SQLite would walk the model's (model_id, scored_hour)
+    range instead, every site's rows, so there the hour is compared unindexed (`+ 0`).
+    """
+    hour = P.c.scored_hour + 0 if dialect == "sqlite" else P.c.scored_hour
+    return sa.and_(
+        P.c.model_id == model_id,
+        P.c.site_id == site_id,
+        P.c.scored_at >= hour_start(first_hour),
+        P.c.scored_at < hour_start(end_hour),
+        hour >= first_hour,
+        hour < end_hour,
+    )
+
+
 def arm_data(
     conn: Connection, canary: Canary, *, first_hour: int, end_hour: int
 ) -> tuple[ArmData, ArmData]:
@@ -338,10 +359,7 @@ def arm_data(
         conn,
         group=arm_version,
         where=sa.and_(
-            P.c.model_id == canary.model_id,
-            P.c.scored_hour >= first_hour,
-            P.c.scored_hour < end_hour,
-            P.c.site_id == canary.site_id,
+            raw_window(conn.dialect.name, canary.model_id, canary.site_id, first_hour, end_hour),
             sa.or_(
                 sa.and_(P.c.arm == "canary", P.c.version_id == canary.version_id),
                 sa.and_(P.c.arm == "control", P.c.version_id == canary.control_version_id),
@@ -865,7 +883,7 @@ def evaluate_canary(
         else alert.effect,
         open_incidents=open_incidents(conn, model_id=canary.model_id, site_id=canary.site_id),
         sequential_rejections=tuple(
-            f"{s.metric} {s.direction.value} (e-value {s.max_evalue:.3g} ≥ {1 / s.alpha:g})"
+            f"{s.metric} {s.direction.value} (e-value {s.max_evalue_text} ≥ {1 / s.alpha:g})"
             for s in sequential
             if s.rejected
         ),
@@ -1158,12 +1176,9 @@ def aa_comparison(
             )
         version_id = int(conn.execute(version_query).scalar_one())
         base = sa.and_(
-            P.c.model_id == model_row.id,
-            P.c.site_id == site_id,
+            raw_window(conn.dialect.name, model_row.id, site_id, first_hour, end_hour),
             P.c.version_id == version_id,
             P.c.arm == "control",
-            P.c.scored_hour >= first_hour,
-            P.c.scored_hour < end_hour,
         )
         if units:
             if len(units) != 2:

@@ -94,16 +94,39 @@ def count_log_likelihood_ratios(
     return np.asarray(np.cumsum(step, axis=-2), dtype=float)
 
 
-def mixture_evalues(log_ratios: F64, *, tau: float, design_effect: npt.ArrayLike = 1.0) -> F64:
-    """Lambda_t = sum_g w_g exp(LLR_g(t) / d_t) over the grid (last axis), per period.
+def mixture_log_evalues(log_ratios: F64, *, tau: float, design_effect: npt.ArrayLike = 1.0) -> F64:
+    """log Lambda_t = log sum_g w_g exp(LLR_g(t) / d_t) over the grid (last axis), per period.
 
     `design_effect` broadcasts against the periods axis (one d per look when it is estimated
-    from the data seen so far).
+    from the data seen so far). In log space because Lambda itself is unbounded: a canary
+    that is clearly worse over weeks of data reaches e-values far beyond float range.
     """
     _, weights = mixing_prior(tau)
     d = np.maximum(np.asarray(design_effect, dtype=float), 1.0)
     scaled = log_ratios / np.expand_dims(d, -1) if np.ndim(d) else log_ratios / float(d)
-    return np.asarray(np.exp(logsumexp(scaled + np.log(weights), axis=-1)), dtype=float)
+    return np.asarray(logsumexp(scaled + np.log(weights), axis=-1), dtype=float)
+
+
+LOG_FLOAT_MAX = math.log(np.finfo(float).max)
+
+
+def mixture_evalues(log_ratios: F64, *, tau: float, design_effect: npt.ArrayLike = 1.0) -> F64:
+    """Lambda_t = sum_g w_g exp(LLR_g(t) / d_t) over the grid (last axis), per period: the
+    exponential of `mixture_log_evalues`, infinite where Lambda is beyond float range."""
+    logs = mixture_log_evalues(log_ratios, tau=tau, design_effect=design_effect)
+    with np.errstate(over="ignore"):
+        return np.asarray(np.exp(logs), dtype=float)
+
+
+def evalue_text(value: float, log_value: float) -> str:
+    """An e-value as `format(value, ".3g")` shows it, from its log when beyond float range."""
+    if math.isfinite(value) or log_value < LOG_FLOAT_MAX:
+        return f"{value:.3g}"
+    exponent = math.floor(log_value / math.log(10))
+    mantissa = math.exp(log_value - exponent * math.log(10))
+    if round(mantissa, 2) >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.3g}e+{exponent}"
 
 
 def always_valid_p(evalues: npt.ArrayLike) -> F64:
@@ -122,14 +145,21 @@ class SequentialResult:
     metric: str
     direction: Direction
     null_ratio: float
-    evalue: float  # Lambda now
-    max_evalue: float  # the largest Lambda seen at any look
+    evalue: float  # Lambda now (infinite only beyond float range)
+    max_evalue: float  # the largest Lambda seen at any look (likewise)
     p_value: float  # always-valid
     alpha: float
     design_effect: float
     canary_events: float
     control_events: float
     looks: int
+    log_evalue: float  # log Lambda now, finite at any size
+    log_max_evalue: float  # log of the largest Lambda seen at any look
+
+    @property
+    def max_evalue_text(self) -> str:
+        """The largest Lambda for people, finite at any size."""
+        return evalue_text(self.max_evalue, self.log_max_evalue)
 
     @property
     def rejected(self) -> bool:
@@ -176,7 +206,7 @@ def sequential_test(
     x_c = np.asarray(canary_events, dtype=float)
     x_k = np.asarray(control_events, dtype=float)
     if x_c.size == 0:
-        evalues = np.ones(1)
+        log_evalues = np.zeros(1)
     else:
         llr = count_log_likelihood_ratios(
             x_c,
@@ -187,8 +217,12 @@ def sequential_test(
             direction=direction,
             tau=tau,
         )
-        evalues = mixture_evalues(llr, tau=tau, design_effect=design_effect)
+        log_evalues = mixture_log_evalues(llr, tau=tau, design_effect=design_effect)
+    with np.errstate(over="ignore"):  # infinite beyond float range; the logs stay exact
+        evalues = np.exp(log_evalues)
     top = max(float(np.max(evalues)), previous_max)
+    log_previous = math.log(previous_max) if previous_max > 0 else -math.inf
+    log_top = max(float(np.max(log_evalues)), log_previous)
     return SequentialResult(
         metric=metric,
         direction=direction,
@@ -201,4 +235,6 @@ def sequential_test(
         canary_events=float(x_c.sum()),
         control_events=float(x_k.sum()),
         looks=int(x_c.size),
+        log_evalue=float(log_evalues[-1]),
+        log_max_evalue=log_top,
     )

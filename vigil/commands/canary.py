@@ -131,7 +131,7 @@ def aa(
     _print_judgement(result.judgement.to_json())
     for s in result.sequential:
         typer.echo(
-            f"    always-valid {s.metric} {s.direction.value}: e-value {s.max_evalue:.3g}"
+            f"    always-valid {s.metric} {s.direction.value}: e-value {s.max_evalue_text}"
             f" ({'REJECTS' if s.rejected else 'no rejection'})"
         )
 
