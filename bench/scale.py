@@ -10,7 +10,10 @@ What the store holds (the same for both history lengths, except the history itse
   score, latency and input histograms, hourly alert counts) holds a copy of the slab's first
   whole day for each earlier day, shifted by whole days, back to 1 month (30 days) or 12
   months (365 days) before END. A year of raw rows at this load is 365 M rows, which this
-  machine cannot hold; a cycle must not need them, because monitors read rollups.
+  machine cannot hold; a cycle must not need them, because monitors read rollups. The
+  canary arm's rows are copied back 1 month in both stores: the canary monitor judges a
+  canary's whole period so far, so what it reads grows with the canary's age (a canary runs
+  days to weeks), and the two stores differ only in the store's history.
 Every monitor then runs once (the catch-up a freshly started scheduler does; untimed).
 
 Timed, the median of three, each on the next hour of the same simulated world (about 42,000
@@ -258,9 +261,14 @@ def analyze(engine: Engine) -> None:
             conn.exec_driver_sql("ANALYZE")
 
 
-def add_history(engine: Engine, *, first_day: int, days: int) -> int:
+def add_history(engine: Engine, *, first_day: int, days: int, canary_days: int) -> int:
     """Copy every rollup table's rows of `first_day` (days since the epoch) to each of the
-    `days` days before it, shifted by whole days; returns the rows written."""
+    `days` days before it, shifted by whole days; returns the rows written.
+
+    The canary arm's rows go back `canary_days` days only: a canary is judged over its whole
+    period so far (by design), so its age, not the store's history, sets what the canary
+    monitor reads; both stores hold a canary of the same age.
+    """
     written = 0
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
@@ -274,6 +282,7 @@ def add_history(engine: Engine, *, first_day: int, days: int) -> int:
             columns = [c for c in table.columns if c.name != "id"]
             template = sa.and_(table.c.hour >= 24 * first_day, table.c.hour < 24 * first_day + 24)
             for k in range(1, days + 1):
+                where = template if k <= canary_days else sa.and_(template, table.c.arm != "canary")
                 values = [
                     (c - 24 * k).label("hour")
                     if c.name == "hour"
@@ -286,7 +295,7 @@ def add_history(engine: Engine, *, first_day: int, days: int) -> int:
                 ]
                 conn.execute(
                     sa.insert(table).from_select(
-                        [c.name for c in columns], sa.select(*values).where(template)
+                        [c.name for c in columns], sa.select(*values).where(where)
                     )
                 )
             written += conn.execute(
@@ -492,7 +501,12 @@ def backend_figures(
             url = urls[days] = stores.clone(base, f"h{days}")
             with _engine(url) as engine:
                 started = time.perf_counter()
-                rows = add_history(engine, first_day=slab_first_day, days=days - size.slab_days)
+                rows = add_history(
+                    engine,
+                    first_day=slab_first_day,
+                    days=days - size.slab_days,
+                    canary_days=size.short_days - size.slab_days,
+                )
                 logger.info("%s, %d days: %d history rows copied in %.0f s", backend, days, rows,
                             time.perf_counter() - started)  # fmt: skip
                 if days == size.long_days:
