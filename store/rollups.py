@@ -625,9 +625,11 @@ def rebuild_hours(
         conn.execute(sa.insert(R).from_select(_ROLLUP_COLUMNS, _rollup_select(model, chunk, now)))
         conn.execute(sa.insert(H).from_select(_HIST_COLUMNS, _histogram_select(model, chunk)))
         conn.execute(sa.insert(L).from_select(_LATENCY_COLUMNS, _latency_select(model, chunk)))
-        input_rows = _input_histogram_rows(conn, model, chunk)
-        if input_rows:
-            conn.execute(sa.insert(I), input_rows)
+        # The inputs are decoded in Python: one hour's rows at a time bounds the memory.
+        for hour in chunk:
+            input_rows = _input_histogram_rows(conn, model, [hour])
+            if input_rows:
+                conn.execute(sa.insert(I), input_rows)
         # An hour left without rollup rows leaves no new row behind for `sync_daily` to find:
         # its day's sums are redone here.
         vanished = before - _rollup_site_hours(conn, model.id, sites, chunk) if daily else set()
