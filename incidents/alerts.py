@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from incidents.runbooks import RunbookError, load_runbook
 from monitors.base import SEVERITY, MonitorResult, Status
 from monitors.registry import MonitorRegistry, default_registry
-from store.models import Alert, MetricPoint, Model, Site, table_of, utcnow
+from store.models import CONCLUSIVE, Alert, MetricPoint, Model, Site, table_of, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,10 @@ _RANK = {status.value: rank for status, rank in SEVERITY.items()}
 def _newest_query(size: int) -> sa.TextualSelect:
     """For `size` keys (parameters m0, o0, s0, a0, ...): each key's newest conclusive window end.
 
-    Each key's subquery walks the index (monitor, model, site, window_end) backwards and stops
-    at the first conclusive point of its arm, as the per-key `max` does on both databases.
+    Each key's subquery is one seek of the partial index of conclusive points (monitor,
+    model, site, arm, window_end). The condition is the index's own predicate written out,
+    not a parameter: a prepared statement's generic plan on PostgreSQL can use a partial index
+    only when the predicate is visible in the query text.
     """
     values = ", ".join(f"(:m{i}, :o{i}, :s{i}, :a{i})" for i in range(size))
     return sa.text(
@@ -200,7 +202,7 @@ def _newest_query(size: int) -> sa.TextualSelect:
         "SELECT k.monitor, k.model_id, k.site_id, k.arm, "
         f"(SELECT p.window_end FROM {MP.name} p WHERE p.monitor = k.monitor "
         "AND p.model_id = k.model_id AND p.site_id = k.site_id AND p.arm = k.arm "
-        "AND p.status != :insufficient ORDER BY p.window_end DESC LIMIT 1) AS newest FROM k"
+        f"AND p.{CONCLUSIVE} ORDER BY p.window_end DESC LIMIT 1) AS newest FROM k"
     ).columns(
         sa.column("monitor", sa.String),
         sa.column("model_id", sa.Integer),
@@ -215,7 +217,7 @@ def _newest_windows(conn: Connection, keys: list[Key]) -> dict[Key, datetime]:
     newest: dict[Key, datetime] = {}
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
-        params: dict[str, Any] = {"insufficient": Status.INSUFFICIENT.value}
+        params: dict[str, Any] = {}
         for i, (monitor, model_id, site_id, arm) in enumerate(chunk):
             params |= {f"m{i}": monitor, f"o{i}": model_id, f"s{i}": site_id, f"a{i}": arm}
         for monitor, model_id, site_id, arm, end in conn.execute(_newest_query(len(chunk)), params):

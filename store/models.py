@@ -345,6 +345,9 @@ class InputHistogram(SQLModel, table=True):
 # ---------------------------------------------------------------- monitoring
 
 
+CONCLUSIVE = "status <> 'insufficient-data'"  # a metric point that can decide an alert
+
+
 class MetricPoint(SQLModel, table=True):
     """One monitor result: a point of a metric's time series."""
 
@@ -353,6 +356,18 @@ class MetricPoint(SQLModel, table=True):
             "monitor", "metric", "model_id", "version_id", "site_id", "arm", "window_start"
         ),
         sa.Index("ix_metricpoint_lookup", "monitor", "model_id", "site_id", "window_end"),
+        # The newest conclusive point of a key (alert sync): one index seek, however many
+        # insufficient-data points lie between it and now (migration 0010).
+        sa.Index(
+            "ix_metricpoint_conclusive",
+            "monitor",
+            "model_id",
+            "site_id",
+            "arm",
+            "window_end",
+            sqlite_where=sa.text(CONCLUSIVE),
+            postgresql_where=sa.text(CONCLUSIVE),
+        ),
     )
 
     id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
