@@ -572,6 +572,7 @@ def backend_figures(
             peak_mb=full_peak,
             note=f"{slab_rows:,} predictions, {len(slab_hours)} hours, one run (it takes "
             "minutes at full size); memory is bounded by "
-            "a chunk of hours (store/rollups.py HOURS_PER_STATEMENT), not by the history",
+            "a chunk of hours (store/rollups.py HOURS_PER_STATEMENT), and by one hour's rows "
+            "where the inputs are binned in Python, not by the history",
         ),
     ]
