@@ -142,17 +142,6 @@ def runbook_severity(slug: str) -> str:
 # ---------------------------------------------------------------- I/O
 
 
-def _scope(key: Key) -> sa.ColumnElement[bool]:
-    monitor, model_id, site_id, arm = key
-    return sa.and_(
-        MP.c.monitor == monitor,
-        MP.c.model_id == model_id,
-        MP.c.site_id == site_id,
-        MP.c.arm == arm,
-        MP.c.status != Status.INSUFFICIENT.value,
-    )
-
-
 def worst_point(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The point that decides a window: the worst status, then the last metric name; the
     first such point (in id order) on a tie."""
@@ -164,23 +153,6 @@ def observation_of(point: dict[str, Any], newest: datetime, *, runbook: str) -> 
     detail = point.get("detail") or {}
     severity = detail.get("severity") or runbook_severity(runbook)
     return Observation(Status(point["status"]), str(severity), summarise(point), newest)
-
-
-def latest_observation(conn: Connection, key: Key, *, runbook: str) -> Observation | None:
-    """The newest conclusive window's evidence for a key (index monitor, model, site, window)."""
-    scope = _scope(key)
-    newest = conn.execute(sa.select(sa.func.max(MP.c.window_end)).where(scope)).scalar()
-    if newest is None:
-        return None
-    rows = [
-        dict(r)
-        for r in conn.execute(
-            sa.select(MP.c.metric, MP.c.value, MP.c.status, MP.c.threshold, MP.c.detail)
-            .where(scope, MP.c.window_end == newest)
-            .order_by(MP.c.id)
-        ).mappings()
-    ]
-    return observation_of(worst_point(rows), newest, runbook=runbook)
 
 
 _CHUNK = 400  # keys per statement: 4 parameters each, well inside both databases' limits
@@ -229,9 +201,9 @@ def _newest_windows(conn: Connection, keys: list[Key]) -> dict[Key, datetime]:
 def latest_observations(
     conn: Connection, keys: Iterable[Key], *, runbooks: dict[str, str]
 ) -> dict[Key, Observation]:
-    """`latest_observation` of many keys in a few queries: the newest windows; the points of
-    those windows, one query per monitor and model (index monitor, model, site, window_end);
-    then the detail of each key's deciding point only."""
+    """The newest conclusive window's evidence of many keys, in a few queries: the newest
+    windows; the points of those windows, one query per monitor and model (index monitor,
+    model, site, window_end); then the detail of each key's deciding point only."""
     newest = _newest_windows(conn, sorted(set(keys)))
     groups: dict[tuple[str, int], list[Key]] = {}
     for key in newest:
@@ -283,10 +255,6 @@ def latest_observations(
     }
 
 
-def _active_alert(conn: Connection, key_text: str) -> ActiveAlert | None:
-    return _active_alerts(conn, [key_text]).get(key_text)
-
-
 def _active_alerts(conn: Connection, key_texts: list[str]) -> dict[str, ActiveAlert]:
     """The newest open or acknowledged alert of each dedup key (locked on PostgreSQL)."""
     if not key_texts:
@@ -301,23 +269,6 @@ def _active_alerts(conn: Connection, key_texts: list[str]) -> dict[str, ActiveAl
     return {
         row.dedup_key: ActiveAlert(row.id, row.severity, row.summary) for row in conn.execute(query)
     }
-
-
-def apply_observation(
-    conn: Connection,
-    key: Key,
-    observation: Observation,
-    *,
-    names: tuple[str, str | None],
-    runbook: str,
-    now: datetime,
-) -> tuple[str, AlertChange | None]:
-    """Carry out the transition for one key inside the caller's transaction."""
-    key_text = dedup_key(key[0], names[0], names[1], key[3])
-    action, change, _ = _apply(
-        conn, key, observation, _active_alert(conn, key_text), names=names, runbook=runbook, now=now
-    )
-    return action, change
 
 
 def _apply(

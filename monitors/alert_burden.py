@@ -810,7 +810,9 @@ def _baselines(
     config: AlertBurdenConfig,
     interval: int,
 ) -> list[tuple[float, float, float]]:
-    """`_baseline` of several (before, width, count), the winsorised rates in one scipy call."""
+    """For each (before, width, count): the winsorised rate of `count` over the
+    `baseline_days` before `before`, its days with scoring, and the dispersion of its
+    overlapping `width`-hour sums (stepping by a day); the rates in one scipy call."""
     days = np.arange(1, config.baseline_days + 1, dtype=np.int64)
     inputs = []
     for before, _, count in specs:
@@ -831,20 +833,6 @@ def _baselines(
         window_exposure = exposure(series.sums("n_scored", starts, width), interval)
         out.append((rate, float(shown.size), dispersion(window_shown, rate * window_exposure)))
     return out
-
-
-def _baseline(
-    series: HourlySeries,
-    *,
-    before: int,
-    width: int,
-    config: AlertBurdenConfig,
-    interval: int,
-    count: str = "n_shown",
-) -> tuple[float, float, float]:
-    """Winsorised rate of `count` over the `baseline_days` before `before`, its days with
-    scoring, and the dispersion of its overlapping `width`-hour sums (stepping by a day)."""
-    return _baselines(series, [(before, width, count)], config=config, interval=interval)[0]
 
 
 def _floored(value: float, floor: float) -> float:
