@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,9 +22,13 @@ class MonitorConfig:
 
     @classmethod
     def from_file(cls, path: Path = DEFAULT_MONITOR_CONFIG) -> MonitorConfig:
-        if not path.exists():
+        """The settings in `path` (none when it is missing). The parsed file is reused while
+        its modification time and size stay the same: every monitor run asks for it."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
             return cls({})
-        return cls(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        return cls(_parse(path.resolve(), stat.st_mtime_ns, stat.st_size))
 
     def for_monitor(self, monitor: str, cls: type[T], *, model: str, site: str | None = None) -> T:
         """`cls` (a dataclass) filled from defaults, overridden by the model, then the site."""
@@ -38,3 +43,9 @@ class MonitorConfig:
         if unknown:
             raise ValueError(f"{monitor}: unknown settings {sorted(unknown)}")
         return cls(**merged)
+
+
+@lru_cache(maxsize=16)
+def _parse(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    """The YAML in `path` as of that modification time and size (the cache key)."""
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -19,6 +19,7 @@ others wait as standbys and take over when it dies (monitors/leader.py).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -421,16 +422,33 @@ def run_scheduler(*, simulate: bool = False) -> None:
     lock.release()
 
 
+def settle_heap() -> int:
+    """Put what is alive once the process has started (imported modules, their tables and
+    caches: long-lived by nature) out of the cyclic garbage collector's reach (gc.freeze).
+
+    The collector's full passes then scan only what the jobs made since, not the same few
+    hundred thousand start-up objects every time. Objects made later, and their cycles, are
+    collected as before. Returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def _lead(lock: LeaderLock, stop: threading.Event, *, simulate: bool, poll: float) -> None:
     """Run the jobs while this process holds the leader lock and no stop was asked."""
     global _started_at
     _started_at = utcnow()
     scheduler = build_scheduler(simulate=simulate)
+    frozen = settle_heap()  # every job module is imported by now
     record_heartbeat(_get_engine(), started_at=_started_at)
     # Reconcile alerts with every monitor's latest evidence once at start: results written
     # while no scheduler ran (a bootstrap, a manual `vigil monitor`) must still alert.
     sync_all_alerts(_get_engine())
-    logger.info("scheduler started with jobs: %s", [j.id for j in scheduler.get_jobs()])
+    logger.info(
+        "scheduler started with jobs: %s (%d start-up objects frozen)",
+        [j.id for j in scheduler.get_jobs()],
+        frozen,
+    )
     scheduler.start()
     while not stop.wait(poll):
         if not lock.still_held():

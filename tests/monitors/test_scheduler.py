@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 import monitors.scheduler as scheduler_module
 from monitors.registry import default_registry
-from monitors.scheduler import build_scheduler, jobstore_engine, record_job_event
+from monitors.scheduler import build_scheduler, jobstore_engine, record_job_event, settle_heap
 from store.models import SchedulerHeartbeat, table_of
 from store.rollups import get_state
 from tests.conftest import POSTGRES_URL
@@ -66,6 +69,7 @@ def test_scheduler_process_beats_persists_jobs_and_stops_cleanly(
         output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, output
     assert "scheduler stopping" in output
+    assert re.search(r"\(\d{4,} start-up objects frozen\)", output), output
 
 
 def test_jobs_coalesce_and_never_overlap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -142,3 +146,26 @@ def test_job_outcomes_are_logged_and_counted_in_jobstate(
     assert "job collect failed: RuntimeError: inbox unreadable" in caplog.text
     with engine.connect() as conn:
         assert json.loads(get_state(conn, "scheduler.job.collect"))["errors"] == 1
+
+
+def test_settle_heap_freezes_start_up_objects_and_still_collects_later_cycles() -> None:
+    class Node:
+        loop: object
+
+    early = Node()
+    early.loop = early
+    early_ref = weakref.ref(early)
+    try:
+        frozen = settle_heap()
+        assert frozen == gc.get_freeze_count() > 1000  # the imported modules' objects
+        late = Node()
+        late.loop = late
+        late_ref = weakref.ref(late)
+        del early, late
+        gc.collect()
+        assert late_ref() is None, "a cycle made after the freeze must still be collected"
+        assert early_ref() is not None, "a frozen object is out of the collector's reach"
+    finally:
+        gc.unfreeze()
+    gc.collect()
+    assert early_ref() is None
