@@ -17,9 +17,12 @@ What the store holds (the same for both history lengths, except the history itse
 Every monitor then runs once (the catch-up a freshly started scheduler does; untimed).
 
 Timed, the median of three, each on the next hour of the same simulated world (about 42,000
-predictions, collected untimed beforehand): one scheduler cycle without its collect step --
+predictions, collected untimed beforehand, then on PostgreSQL analyzed as autovacuum would):
+one scheduler cycle without its collect step --
 settle labels and rebuild the changed rollups, run every monitor and sync its alerts -- on
 the 12-month store, against the same cycle on the 1-month store (ratio ≈ 1: flat in history).
+The process first freezes its start-up heap, as the scheduler process does
+(monitors.scheduler.settle_heap).
 Also: the rollup rebuild of the new hour and a full recompute of the whole slab's rollups,
 each against one scan of the same rows through the raw driver (GROUP BY of the same raw rows
 with `sqlite3` / psycopg), and the Python-heap peak (tracemalloc) of each step in a separate
@@ -29,6 +32,7 @@ VIGIL_BENCH_SCALE_BACKENDS=postgresql (or sqlite) runs one backend only.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -54,7 +58,7 @@ from monitors.alert_burden import WM_ROLLUP as ALERT_BURDEN_WATERMARK
 from monitors.config import MonitorConfig
 from monitors.durations import epoch_seconds
 from monitors.registry import default_registry
-from monitors.scheduler import CycleReport, run_cycle
+from monitors.scheduler import CycleReport, run_cycle, settle_heap
 from seed_data.generator import SeedConfig, generate, predictions_per_day_estimate
 from store.db import REPO_ROOT, make_engine, upgrade
 from store.models import (
@@ -430,6 +434,10 @@ def measure_store(
                 start=start,
             )
             list(collect_files(engine, [hour_folder], secret=SECRET))
+            # PostgreSQL's autovacuum would analyze the month's partition as the hour lands (a
+            # new one first holds nothing, and its plans would take it for empty); this
+            # scratch server may run with autovacuum off, so the same is done here, untimed.
+            analyze(engine)
             first = epoch_seconds(start) // 3600
             new_hours.append([first - 1, first])
 
@@ -445,14 +453,18 @@ def measure_store(
                 )
             )
 
-        timing = timed_median(one_cycle, repeats=repeats, setup=next_hour)
-        next_hour()
-        cycle_peak = _peak_mb(one_cycle)
-        # The rollups of the newest hour again, alone, against a raw scan of its rows.
-        hours = new_hours[-1]
-        rollup = timed_median(lambda: rebuild(engine, hours), repeats=repeats)
-        scan = timed_median(lambda: raw_group_by(engine, hours), repeats=repeats)
-        rollup_peak = _peak_mb(lambda: rebuild(engine, hours))
+        settle_heap()  # as the scheduler process does once it has started
+        try:
+            timing = timed_median(one_cycle, repeats=repeats, setup=next_hour)
+            next_hour()
+            cycle_peak = _peak_mb(one_cycle)
+            # The rollups of the newest hour again, alone, against a raw scan of its rows.
+            hours = new_hours[-1]
+            rollup = timed_median(lambda: rebuild(engine, hours), repeats=repeats)
+            scan = timed_median(lambda: raw_group_by(engine, hours), repeats=repeats)
+            rollup_peak = _peak_mb(lambda: rebuild(engine, hours))
+        finally:
+            gc.unfreeze()  # this process goes on to build other stores
     median = sorted(reports[:repeats], key=lambda r: r.total_seconds)[repeats // 2]
     if median.new_predictions <= 0:
         raise RuntimeError("the cycle found no new predictions")
