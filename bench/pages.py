@@ -1,22 +1,32 @@
 """Dashboard pages: the server-side render time of every page (Streamlit AppTest) on a store
-of 10,000,000 predictions.
+of 10,000,000 predictions, on SQLite and on PostgreSQL.
 
-The store is SQLite (the embedded default) in a temporary folder. Its predictions are not
-loaded through the collectors — that is bench.ingest's subject and would take most of the
-run — but bulk-inserted directly as generated rows (every control and canary deployment
-of the registry, 90 days up to now, scores, latencies and labels already settled), then
-the rollups are built by `store.rollups.refresh` and every registered monitor runs once, as the
-scheduler would. Each page is then rendered from the real entrypoint by AppTest, signed in
-as an admin (so every action form is drawn too), after one warm-up render: the median of
-three reruns of the same AppTest, with the pages' data caches cleared before each, so every
-render runs its queries. Baseline: the raw sqlite3 driver's `SELECT count(*) FROM
-prediction` on the same store — one pass over the raw rows, which a page that reads
-aggregates should beat.
+Each store's predictions are not loaded through the collectors — that is bench.ingest's
+subject and would take most of the run — but bulk-inserted directly as generated rows (every
+control and canary deployment of the registry, 90 days up to now, scores, latencies and labels
+already settled), then the rollups are built by `store.rollups.refresh` and every registered
+monitor runs once, as the scheduler would. Each page is then rendered from the real entrypoint
+by AppTest, signed in as an admin (so every action form is drawn too), after one warm-up
+render: the median of three reruns of the same AppTest, with the pages' data caches cleared
+before each, so every render runs its queries.
+
+- SQLite (the embedded default): a file in a temporary folder, rows inserted with the raw
+  sqlite3 driver. Baseline: the raw sqlite3 driver's `SELECT count(*) FROM prediction` on the
+  same store — one pass over the raw rows, which a page that reads aggregates should beat.
+- PostgreSQL (when VIGIL_BENCH_POSTGRES_URL or VIGIL_TEST_POSTGRES_URL names a server): a
+  scratch database on it, dropped at the end, migrated (so `prediction` is partitioned by
+  month; the months of the generated rows get their partitions before loading), the same
+  generated rows loaded with psycopg's COPY in chunks (their ids into `prediction_key` too, as
+  the collectors leave a store), then ANALYZE, rollups, monitors and ANALYZE again (a scratch
+  server may run with autovacuum off, and its planner would take fresh tables for empty).
+  Baseline: raw psycopg's `SELECT count(*) FROM prediction` on the same store, same process.
+VIGIL_BENCH_PAGES_BACKENDS=sqlite (or postgresql) runs one backend only.
 
 Building 10 M rows takes a long time on a busy machine. With `VIGIL_BENCH_PAGES_STORE` naming
-a file, the store is built there and kept; a later run whose file already holds the requested
-number of generated predictions reuses them (their last hour as the end of the world), and
-only brings rollups up to date, runs the monitors and renders the pages again.
+a file (SQLite) or `VIGIL_BENCH_PAGES_PG_DATABASE` naming a database on the PostgreSQL server,
+the store is built there and kept; a later run whose store already holds the requested number
+of generated predictions reuses them (their last hour as the end of the world), and only
+brings rollups up to date, runs the monitors and renders the pages again.
 """
 
 from __future__ import annotations
@@ -30,11 +40,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 
-from bench.core import Figure, timed_median
+from bench.core import Figure, Timing, postgres_url, timed_median
+from bench.scale import PostgresStores, analyze
 from monitors.config import MonitorConfig
 from monitors.registry import default_registry
 from monitors.scheduler import record_heartbeat
@@ -48,6 +60,7 @@ from store.models import (
     Prediction,
     table_of,
 )
+from store.partitions import ensure_partitions_for_write
 from store.registry import sync_registry
 from store.rollups import refresh
 
@@ -63,7 +76,9 @@ DAYS = 90
 REPEATS = 3
 TARGET_SECONDS = 1.0
 CHUNK = 250_000
-STORE_ENV = "VIGIL_BENCH_PAGES_STORE"
+STORE_ENV = "VIGIL_BENCH_PAGES_STORE"  # SQLite: a file to build the store in and keep
+PG_DATABASE_ENV = "VIGIL_BENCH_PAGES_PG_DATABASE"  # PostgreSQL: a database to keep and reuse
+BACKENDS_ENV = "VIGIL_BENCH_PAGES_BACKENDS"  # "sqlite", "postgresql" or both (the default)
 COLUMNS = (
     "prediction_id", "model_id", "version_id", "site_id", "unit", "arm", "encounter_key",
     "trigger_at", "scored_at", "delivered_at", "scored_hour", "horizon_end", "score",
@@ -73,8 +88,23 @@ COLUMNS = (
 
 
 def run(*, smoke: bool, predictions: int | None = None) -> list[Figure]:
-    """Render every page on a store of `predictions` rows (default: 10 M, smoke 50 k)."""
+    """Render every page on a store of `predictions` rows (default: 10 M, smoke 50 k), on
+    SQLite and, when a server is configured, on PostgreSQL."""
     size = predictions or (SMOKE_PREDICTIONS if smoke else FULL_PREDICTIONS)
+    backends = os.environ.get(BACKENDS_ENV, "sqlite,postgresql").lower().split(",")
+    figures: list[Figure] = []
+    if "sqlite" in backends:
+        figures += sqlite_figures(size)
+    url = postgres_url()
+    if "postgresql" in backends and url:
+        figures += postgres_figures(url, size)
+    elif "postgresql" in backends and os.environ.get(BACKENDS_ENV):
+        logger.warning("no PostgreSQL for the pages benchmark (VIGIL_BENCH_POSTGRES_URL)")
+    return figures
+
+
+def sqlite_figures(size: int) -> list[Figure]:
+    """The pages on a SQLite file in a temporary folder, or the kept file STORE_ENV names."""
     kept = os.environ.get(STORE_ENV, "").strip()
     with tempfile.TemporaryDirectory(prefix="vigil-bench-pages-") as tmp:
         path = Path(kept) if kept else Path(tmp) / "vigil.db"
@@ -82,24 +112,55 @@ def run(*, smoke: bool, predictions: int | None = None) -> list[Figure]:
         build_store(url, size)
         baseline = timed_median(lambda: _raw_count(path), repeats=REPEATS)
         timings = render_pages(url)
-    figures = []
-    for page, (seconds, runs, problem) in timings.items():
-        figures.append(
-            Figure(
-                area=AREA,
-                name=f"{page} page, {size:,} predictions (SQLite)",
-                value=seconds,
-                unit="s",
-                baseline_name="raw sqlite3 SELECT count(*) FROM prediction",
-                baseline_value=baseline.median_s,
-                higher_is_better=False,
-                runs=runs,
-                target=f"< {TARGET_SECONDS:g} s",
-                met=problem is None and seconds < TARGET_SECONDS,
-                note=problem or "AppTest from the entrypoint, caches cleared before each render",
-            )
+    return page_figures(
+        "SQLite", size, timings, "raw sqlite3 SELECT count(*) FROM prediction", baseline
+    )
+
+
+def postgres_figures(server: str, size: int) -> list[Figure]:
+    """The pages on a scratch database of the server `server` names (dropped at the end), or on
+    the kept database PG_DATABASE_ENV names (made if missing, never dropped)."""
+    kept = os.environ.get(PG_DATABASE_ENV, "").strip()
+    stores = PostgresStores(server)
+    try:
+        url = _kept_database(server, kept) if kept else stores.new("pages")
+        build_store(url, size)
+        engine = make_engine(url)
+        try:
+            baseline = _raw_pg_count(engine)
+        finally:
+            engine.dispose()
+        timings = render_pages(url)
+    finally:
+        stores.drop_all()
+    return page_figures(
+        "PostgreSQL", size, timings, "raw psycopg SELECT count(*) FROM prediction", baseline
+    )
+
+
+def page_figures(
+    backend: str,
+    size: int,
+    timings: dict[str, tuple[float, int, str | None]],
+    baseline_name: str,
+    baseline: Timing,
+) -> list[Figure]:
+    return [
+        Figure(
+            area=AREA,
+            name=f"{page} page, {size:,} predictions ({backend})",
+            value=seconds,
+            unit="s",
+            baseline_name=baseline_name,
+            baseline_value=baseline.median_s,
+            higher_is_better=False,
+            runs=runs,
+            target=f"< {TARGET_SECONDS:g} s",
+            met=problem is None and seconds < TARGET_SECONDS,
+            note=problem or "AppTest from the entrypoint, caches cleared before each render",
         )
-    return figures
+        for page, (seconds, runs, problem) in timings.items()
+    ]
 
 
 # ---------------------------------------------------------------- the store
@@ -167,16 +228,19 @@ def build_store(url: str, predictions: int) -> None:
     upgrade(url)
     engine = make_engine(url)
     sync_registry(engine, REGISTRY)
-    path = url.removeprefix("sqlite:///")
-    held = _raw_count(Path(path))
+    where = engine.url.render_as_string(hide_password=True)
+    held = _held(engine)
     if held:
         if held != predictions:
-            raise ValueError(f"{path} holds {held:,} predictions, not {predictions:,}")
+            raise ValueError(f"{where} holds {held:,} predictions, not {predictions:,}")
         end = _end_of_generated(engine)
-        logger.info("reusing %s: %d predictions up to %s", path, held, end)
+        logger.info("reusing %s: %d predictions up to %s", where, held, end)
     else:
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-        _insert_generated(engine, path, predictions, end)
+        started = time.perf_counter()
+        _insert_generated(engine, predictions, end)
+        analyze(engine)
+        logger.info("load: %.1f s", time.perf_counter() - started)
     started = time.perf_counter()
     refresh(engine, now=end)
     logger.info("rollups: %.1f s", time.perf_counter() - started)
@@ -186,7 +250,14 @@ def build_store(url: str, predictions: int) -> None:
         entry.run(engine, config, end)
         logger.info("monitor %s: %.1f s", entry.name, time.perf_counter() - started)
     record_heartbeat(engine, started_at=datetime.now(UTC), monitor_ran=True)
+    analyze(engine)  # the rollups and monitor points the pages read, as autovacuum would
     engine.dispose()
+
+
+def _held(engine: sa.Engine) -> int:
+    count = sa.select(sa.func.count()).select_from(table_of(Prediction))
+    with engine.connect() as conn:
+        return int(conn.execute(count).scalar_one())
 
 
 def _end_of_generated(engine: sa.Engine) -> datetime:
@@ -197,11 +268,16 @@ def _end_of_generated(engine: sa.Engine) -> datetime:
     return last.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
-def _insert_generated(engine: sa.Engine, path: str, predictions: int, end: datetime) -> None:
+Deployments = list[tuple[int, int, int, float, float, float, str, str]]
+
+
+def _deployments(engine: sa.Engine) -> Deployments:
+    """(model, version, site, threshold, horizon, lag, arm, unit) of every control and canary
+    deployment: what `generated_rows` spreads the predictions over."""
     D, M = table_of(Deployment), table_of(Model)
     with engine.connect() as conn:
-        deployments = [
-            tuple(r)  # model, version, site, threshold, horizon, lag, arm, unit
+        return [
+            cast("tuple[int, int, int, float, float, float, str, str]", tuple(r))
             for r in conn.execute(
                 sa.select(
                     D.c.model_id, D.c.version_id, D.c.site_id, D.c.alert_threshold,
@@ -212,8 +288,15 @@ def _insert_generated(engine: sa.Engine, path: str, predictions: int, end: datet
                 .where(D.c.arm.in_(["control", "canary"]))
             )
         ]  # fmt: skip
+
+
+def _insert_generated(engine: sa.Engine, predictions: int, end: datetime) -> None:
+    deployments = _deployments(engine)
     rng = np.random.default_rng(20261127)
-    raw = sqlite3.connect(path)
+    if engine.dialect.name == "postgresql":
+        _copy_generated(engine, deployments, predictions, end, rng)
+        return
+    raw = sqlite3.connect(engine.url.database or "")
     raw.execute("PRAGMA synchronous=OFF")
     insert = (
         f"INSERT INTO prediction ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -227,9 +310,76 @@ def _insert_generated(engine: sa.Engine, path: str, predictions: int, end: datet
     raw.close()
 
 
+def _copy_generated(
+    engine: sa.Engine,
+    deployments: Deployments,
+    predictions: int,
+    end: datetime,
+    rng: np.random.Generator,
+) -> None:
+    """PostgreSQL: COPY the generated rows into `prediction` (routed to their month
+    partitions, made first, so none lands in the default partition), a chunk per transaction,
+    then their ids into `prediction_key`, where the collectors keep every stored id."""
+    end_hour = int(end.timestamp()) // 3600
+    with engine.connect() as conn:
+        ensure_partitions_for_write(conn, set(range(end_hour - DAYS * 24 - 1, end_hour + 1)))
+    raw = engine.raw_connection()
+    try:
+        driver = cast("Any", raw.driver_connection)  # psycopg.Connection
+        with driver.cursor() as cursor:
+            for start in range(0, predictions, CHUNK):
+                count = min(CHUNK, predictions - start)
+                rows = generated_rows(deployments, count=count, start=start, end=end, rng=rng)
+                # The generated timestamps are UTC text without an offset ('YYYY-MM-DD ...').
+                cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+                with cursor.copy(f"COPY prediction ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                driver.commit()
+            cursor.execute(
+                "INSERT INTO prediction_key (prediction_id, content_hash, scored_hour) "
+                "SELECT prediction_id, content_hash, scored_hour FROM prediction"
+            )
+            driver.commit()
+    finally:
+        raw.close()
+
+
+def _kept_database(server: str, name: str) -> str:
+    """The URL of database `name` on the server, created empty if it does not exist yet."""
+    url = make_engine(server).url
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is None:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 def _raw_count(path: Path) -> int:
     with sqlite3.connect(path) as raw:
         return int(raw.execute("SELECT count(*) FROM prediction").fetchone()[0])
+
+
+def _raw_pg_count(engine: sa.Engine) -> Timing:
+    """Median seconds of raw psycopg's `SELECT count(*) FROM prediction` (the query only, on
+    one open connection)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+
+        def count() -> None:
+            cursor.execute("SELECT count(*) FROM prediction")
+            cursor.fetchone()
+
+        return timed_median(count, repeats=REPEATS)
+    finally:
+        raw.close()
 
 
 # ---------------------------------------------------------------- the pages
@@ -263,6 +413,7 @@ def render_pages(url: str) -> dict[str, tuple[float, int, str | None]]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
+    from app.data import engine as dashboard_engine
     from app.session import ACTOR_KEY
     from incidents.auth import Actor, Role
 
@@ -289,5 +440,6 @@ def render_pages(url: str) -> dict[str, tuple[float, int, str | None]]:
                 problems[0] if problems else None,
             )
             logger.info("page %s: %.3f s", name, timing.median_s)
+        dashboard_engine().dispose()  # the pages' cached engine: close its connections
         st.cache_resource.clear()
     return results
