@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from monitors.observed_expected import design_effect_for, observed_to_expected
 from monitors.rollup_io import (
     BIN_FIELDS,
     EPOCH,
+    Changed,
     R,
     changed_since,
     daily_bins,
@@ -34,7 +35,7 @@ from monitors.rollup_io import (
     dense_bins,
     first_hours,
     hour_start,
-    latest_points,
+    latest_points_by_site,
     load_models,
     load_sites,
     read_watermark,
@@ -133,8 +134,10 @@ def _limits(
     cfg: CalibrationDriftConfig,
     reference: tuple[int, int],
     d: float,
+    rows: dict[str, dict[str, Any]],
 ) -> tuple[dict[str, dict[str, Any]], bool] | None:
-    """The stored limits for both directions, simulated (and stored) when missing or stale.
+    """The stored limits for both directions (`rows`, per direction, from `stored_limits`),
+    simulated (and stored) when missing or stale.
 
     Returns the limits and whether they were (re)computed, or None without a reference.
     """
@@ -142,12 +145,6 @@ def _limits(
     wanted = {
         "upper": cfg.odds_ratio_up,
         "lower": cfg.odds_ratio_down,
-    }
-    rows = {
-        r["direction"]: dict(r)
-        for r in conn.execute(
-            sa.select(CL).where(CL.c.model_id == model.id, CL.c.site_id == site_id)
-        ).mappings()
     }
     ref_start, ref_end = day_start(reference[0]), day_start(reference[1])
 
@@ -215,24 +212,59 @@ def _limits(
     return fresh, True
 
 
-def settled_frontier(conn: Connection, model_id: int, site_id: int, from_hour: int) -> int:
-    """The last hour h (>= from_hour - 1) such that every hour from from_hour to h is settled."""
-    unsettled = conn.execute(
-        sa.select(sa.func.min(R.c.hour)).where(
-            R.c.model_id == model_id,
-            R.c.site_id == site_id,
-            R.c.hour >= from_hour,
-            R.c.n_settled < R.c.n_ok,
+def stored_limits(
+    conn: Connection, model_id: int, site_ids: list[int]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """The stored limits of one model at `site_ids`, per site and direction: one statement
+    for every site (seeks of the unique index (model_id, site_id, direction)), not one each."""
+    stored: dict[int, dict[str, dict[str, Any]]] = {}
+    if not site_ids:
+        return stored
+    query = sa.select(CL).where(CL.c.model_id == model_id, CL.c.site_id.in_(sorted(site_ids)))
+    for row in conn.execute(query).mappings():
+        stored.setdefault(int(row["site_id"]), {})[str(row["direction"])] = dict(row)
+    return stored
+
+
+def settled_frontiers(
+    conn: Connection, model_id: int, from_hours: dict[int, int]
+) -> dict[int, int]:
+    """Per site, the last hour h (>= from_hour - 1) such that every hour from the site's
+    from_hour to h is settled.
+
+    One statement for every site: the sites and their from_hour are a VALUES list, and each
+    site's first unsettled hour and last hour are correlated min() and max() over its range of
+    the (model_id, site_id, hour) index, the seeks a statement per site made.
+    """
+    if not from_hours:
+        return {}
+    k = (
+        sa.values(
+            sa.column("site_id", R.c.site_id.type),
+            sa.column("from_hour", R.c.hour.type),
+            name="k",
         )
-    ).scalar()
-    if unsettled is not None:
-        return int(unsettled) - 1
-    last = conn.execute(
-        sa.select(sa.func.max(R.c.hour)).where(
-            R.c.model_id == model_id, R.c.site_id == site_id, R.c.hour >= from_hour
-        )
-    ).scalar()
-    return int(last) if last is not None else from_hour - 1
+        .data(sorted(from_hours.items()))
+        .cte("k")
+    )
+    in_range = (R.c.model_id == model_id, R.c.site_id == k.c.site_id, R.c.hour >= k.c.from_hour)
+    unsettled = (
+        sa.select(sa.func.min(R.c.hour))
+        .where(*in_range, R.c.n_settled < R.c.n_ok)
+        .scalar_subquery()
+    )
+    last = sa.select(sa.func.max(R.c.hour)).where(*in_range).scalar_subquery()
+    frontiers: dict[int, int] = {}
+    for site_id, first_unsettled, last_hour in conn.execute(
+        sa.select(k.c.site_id, unsettled.label("unsettled"), last.label("last"))
+    ):
+        if first_unsettled is not None:
+            frontiers[int(site_id)] = int(first_unsettled) - 1
+        elif last_hour is not None:
+            frontiers[int(site_id)] = int(last_hour)
+        else:
+            frontiers[int(site_id)] = from_hours[int(site_id)] - 1
+    return frontiers
 
 
 def _state(detail: dict[str, Any] | None) -> CusumState:
@@ -251,75 +283,165 @@ def _iso_hour(hour: int | None) -> str | None:
     return None if hour is None else hour_start(hour).isoformat()
 
 
-def _site_results(
-    conn: Connection,
-    *,
-    model: Model,
-    site_id: int,
-    cfg: CalibrationDriftConfig,
-    first_day: int,
-    dirty_hour: int,
-    now: datetime,
+@dataclass(frozen=True)
+class _Resume:
+    """Where one model x site's run resumes: its settings, its limits, the day it replays
+    from and the points (per metric) of the day before, whose detail is the detectors' state."""
+
+    site_id: int
+    cfg: CalibrationDriftConfig
+    d: float
+    first_day: int
+    limits: dict[str, dict[str, Any]]
+    day: int
+    previous: dict[str, dict[str, Any]]
+
+
+def _filling(
+    model_id: int, site_id: int, reference: tuple[int, int], now: datetime
 ) -> list[MonitorResult]:
-    assert model.id is not None
-    d = _design_effect(model, cfg)
-    reference = reference_days(cfg, first_day)
-    if now < day_start(reference[1]):
-        return [
-            MonitorResult(
-                monitor=MONITOR,
-                metric=metric,
-                model_id=model.id,
-                site_id=site_id,
-                window_start=day_start(day_of(now)),
-                window_end=now,
-                status=Status.INSUFFICIENT,
-                value=None,
-                runbook=RUNBOOK,
-                threshold="",
-                detail={
-                    "reason": "reference window still filling (until "
-                    f"{day_start(reference[1]):%Y-%m-%d}); the CUSUM limits need it"
-                },
-            )
-            for metric in METRICS
-        ]
-    found = _limits(conn, model=model, site_id=site_id, cfg=cfg, reference=reference, d=d)
-    if found is None:
-        return []
-    limits, recomputed = found
-    newest = latest_points(
-        conn,
-        monitor=MONITOR,
-        metrics=["cusum_upper"],
-        model_id=model.id,
-        site_id=site_id,
-        before=day_start(day_of(now) + 2),
-    ).get("cusum_upper")
+    """The insufficient-data points of a site whose reference window is still filling."""
+    return [
+        MonitorResult(
+            monitor=MONITOR,
+            metric=metric,
+            model_id=model_id,
+            site_id=site_id,
+            window_start=day_start(day_of(now)),
+            window_end=now,
+            status=Status.INSUFFICIENT,
+            value=None,
+            runbook=RUNBOOK,
+            threshold="",
+            detail={
+                "reason": "reference window still filling (until "
+                f"{day_start(reference[1]):%Y-%m-%d}); the CUSUM limits need it"
+            },
+        )
+        for metric in METRICS
+    ]
+
+
+def _resume_day(
+    first_day: int, dirty_hour: int, recomputed: bool, newest: dict[str, Any] | None
+) -> int:
+    """The day to replay from: the first day, after new limits or without a frontier in the
+    newest point; otherwise the earlier of the first changed hour's day and the day after the
+    newest point's settled frontier."""
     frontier_before = (newest or {}).get("detail", {}) or {}
     if recomputed or "frontier_hour" not in frontier_before:
-        resume_day = first_day
-    else:
-        resume_day = min(dirty_hour // 24, (int(frontier_before["frontier_hour"]) + 1) // 24)
-        resume_day = max(resume_day, first_day)
-    previous = (
-        latest_points(
-            conn,
-            monitor=MONITOR,
-            metrics=METRICS,
-            model_id=model.id,
-            site_id=site_id,
-            before=day_start(resume_day),
-        )
-        if resume_day > first_day
-        else {}
-    )
+        return first_day
+    resume_day = min(dirty_hour // 24, (int(frontier_before["frontier_hour"]) + 1) // 24)
+    return max(resume_day, first_day)
+
+
+def _checkpointed(
+    resume_day: int, first_day: int, previous: dict[str, dict[str, Any]]
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    """The resume day and the points before it, or the first day and none when the CUSUMs
+    have no point for the day before (a gap in the checkpoints: replay from the start)."""
     if resume_day > first_day and any(
         previous.get(m, {}).get("window_start") != day_start(resume_day - 1)
         for m in ("cusum_upper", "cusum_lower")
     ):
-        resume_day, previous = first_day, {}  # a gap in the checkpoints: replay from the start
-    frontier = settled_frontier(conn, model.id, site_id, resume_day * 24)
+        return first_day, {}
+    return resume_day, previous
+
+
+def _resumes(
+    conn: Connection,
+    *,
+    model: Model,
+    ready: list[tuple[Changed, CalibrationDriftConfig, int, tuple[int, int]]],
+    now: datetime,
+) -> list[_Resume]:
+    """Where each of `ready` (change, settings, first day, reference) resumes, in that order;
+    sites without a reference to set limits from are left out.
+
+    The stored limits, the newest points and the checkpoints are read for every site at once
+    (a statement each, not one per site); limits are simulated and stored site by site.
+    """
+    assert model.id is not None
+    sites = [c.site_id for c, *_ in ready]
+    stored = stored_limits(conn, model.id, sites)
+    newest = latest_points_by_site(
+        conn,
+        monitor=MONITOR,
+        metrics=["cusum_upper"],
+        model_id=model.id,
+        before=dict.fromkeys(sites, day_start(day_of(now) + 2)),
+    )
+    started: list[_Resume] = []
+    for c, cfg, first_day, reference in ready:
+        d = _design_effect(model, cfg)
+        found = _limits(
+            conn,
+            model=model,
+            site_id=c.site_id,
+            cfg=cfg,
+            reference=reference,
+            d=d,
+            rows=stored.get(c.site_id, {}),
+        )
+        if found is None:
+            continue
+        limits, recomputed = found
+        day = _resume_day(
+            first_day, c.first_hour, recomputed, newest.get(c.site_id, {}).get("cusum_upper")
+        )
+        started.append(_Resume(c.site_id, cfg, d, first_day, limits, day, {}))
+    previous = latest_points_by_site(
+        conn,
+        monitor=MONITOR,
+        metrics=METRICS,
+        model_id=model.id,
+        before={r.site_id: day_start(r.day) for r in started if r.day > r.first_day},
+    )
+    resumes: list[_Resume] = []
+    for r in started:
+        day, points = _checkpointed(r.day, r.first_day, previous.get(r.site_id, {}))
+        resumes.append(replace(r, day=day, previous=points))
+    return resumes
+
+
+def _model_results(
+    conn: Connection,
+    *,
+    model: Model,
+    todo: list[tuple[Changed, CalibrationDriftConfig, int]],
+    now: datetime,
+) -> list[list[MonitorResult]]:
+    """The points of each changed site (change, settings, first day) of one model, in `todo`
+    order. The reads that start the sites' runs are a few statements for all of them."""
+    assert model.id is not None
+    out: dict[int, list[MonitorResult]] = {}
+    ready: list[tuple[Changed, CalibrationDriftConfig, int, tuple[int, int]]] = []
+    for c, cfg, first_day in todo:
+        reference = reference_days(cfg, first_day)
+        if now < day_start(reference[1]):
+            out[c.site_id] = _filling(model.id, c.site_id, reference, now)
+        else:
+            ready.append((c, cfg, first_day, reference))
+    resumes = _resumes(conn, model=model, ready=ready, now=now)
+    frontiers = settled_frontiers(conn, model.id, {r.site_id: r.day * 24 for r in resumes})
+    for r in resumes:
+        out[r.site_id] = _site_results(conn, model=model, resume=r, frontier=frontiers[r.site_id])
+    return [out.get(c.site_id, []) for c, *_ in todo]
+
+
+def _site_results(
+    conn: Connection, *, model: Model, resume: _Resume, frontier: int
+) -> list[MonitorResult]:
+    """One site's points from its resume day to its settled frontier."""
+    assert model.id is not None
+    site_id, cfg, d, limits, previous = (
+        resume.site_id,
+        resume.cfg,
+        resume.d,
+        resume.limits,
+        resume.previous,
+    )
+    resume_day = resume.day
     if frontier < resume_day * 24:
         return []
     last_day = frontier // 24
@@ -504,28 +626,26 @@ def run_calibration_drift(
         if not changed:
             return []
         models, sites = load_models(conn), load_sites(conn)
-        starts: dict[int, dict[int, int]] = {}
+        by_model: dict[int, list[Changed]] = {}
         for c in sorted(changed, key=lambda c: (c.model_id, c.site_id)):
-            model = models[c.model_id]
-            if c.model_id not in starts:
-                starts[c.model_id] = first_hours(conn, c.model_id)
-            first_hour = starts[c.model_id].get(c.site_id)
-            if first_hour is None:
-                continue
-            cfg = config.for_monitor(
-                MONITOR, CalibrationDriftConfig, model=model.name, site=sites[c.site_id]
-            )
-            site_results = _site_results(
-                conn,
-                model=model,
-                site_id=c.site_id,
-                cfg=cfg,
-                first_day=first_hour // 24,
-                dirty_hour=c.first_hour,
-                now=now,
-            )
-            write_results(conn, site_results, now=now)
-            results.extend(site_results)
+            by_model.setdefault(c.model_id, []).append(c)
+        for model_id, group in by_model.items():
+            model = models[model_id]
+            starts = first_hours(conn, model_id)
+            todo = [
+                (
+                    c,
+                    config.for_monitor(
+                        MONITOR, CalibrationDriftConfig, model=model.name, site=sites[c.site_id]
+                    ),
+                    starts[c.site_id] // 24,
+                )
+                for c in group
+                if c.site_id in starts
+            ]
+            for site_results in _model_results(conn, model=model, todo=todo, now=now):
+                write_results(conn, site_results, now=now)
+                results.extend(site_results)
         write_watermark(conn, MONITOR, max(c.updated_at for c in changed))
     logger.info("%s: %d points written", MONITOR, len(results))
     return results

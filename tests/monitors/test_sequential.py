@@ -8,14 +8,19 @@ event-level simulation that set the limit, and compare what happens with what wa
 from __future__ import annotations
 
 import math
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import sqlalchemy as sa
 from scipy import stats
 from scipy.special import expit, logit
+from sqlalchemy.engine import Connection, Engine
 from statsmodels.stats import rates
 
+from monitors.rollup_io import R, day_start, first_hours, latest_points_by_site
 from monitors.sequential import (
     CaseMix,
     CusumState,
@@ -28,6 +33,8 @@ from monitors.sequential import (
     split_pvalues,
     steiner_weight,
 )
+from monitors.sequential_runner import CL, METRICS, MONITOR, settled_frontiers, stored_limits
+from store.models import MetricPoint, ModelVersion, Site, table_of
 from tests.monitors.stats_data import score_bins
 
 F64 = npt.NDArray[np.float64]
@@ -259,3 +266,160 @@ def test_adaptive_window_finds_when_a_change_began_and_stays_quiet_without_one()
     assert np.median(np.abs(found)) <= 3
     false_cuts = sum(len(_feed(200, np.ones(200), rng, delta=0.001)) for _ in range(20))
     assert false_cuts <= 1  # 4000 in-control days; Bonferroni keeps each day below 0.001
+
+
+# ------------------------------------------------- the runner's batched reads (both stores)
+
+MP = table_of(MetricPoint)
+
+
+def _frontier_per_site(conn: Connection, model_id: int, site_id: int, from_hour: int) -> int:
+    """The settled frontier as the runner read it before, a statement or two per site."""
+    unsettled = conn.execute(
+        sa.select(sa.func.min(R.c.hour)).where(
+            R.c.model_id == model_id,
+            R.c.site_id == site_id,
+            R.c.hour >= from_hour,
+            R.c.n_settled < R.c.n_ok,
+        )
+    ).scalar()
+    if unsettled is not None:
+        return int(unsettled) - 1
+    last = conn.execute(
+        sa.select(sa.func.max(R.c.hour)).where(
+            R.c.model_id == model_id, R.c.site_id == site_id, R.c.hour >= from_hour
+        )
+    ).scalar()
+    return int(last) if last is not None else from_hour - 1
+
+
+def _newest_per_metric(
+    conn: Connection, model_id: int, site_id: int, metric: str, before: Any
+) -> dict[str, Any] | None:
+    """A metric's newest point before `before`, as the runner read it before (one statement)."""
+    row = (
+        conn.execute(
+            sa.select(MP)
+            .where(
+                MP.c.monitor == MONITOR,
+                MP.c.metric == metric,
+                MP.c.model_id == model_id,
+                MP.c.site_id == site_id,
+                MP.c.version_id == 0,
+                MP.c.arm == "all",
+                MP.c.window_start < before,
+            )
+            .order_by(MP.c.window_start.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else dict(row)
+
+
+def _seed_reads(conn: Connection) -> tuple[int, list[int]]:
+    """Rollups, points and limits of one model at four sites: one with unsettled hours, one
+    settled throughout, one with rows only before the frontier asked for, one with none."""
+    V = table_of(ModelVersion)
+    model_id, version_id = conn.execute(sa.select(V.c.model_id, V.c.id).limit(1)).one()
+    sites = sorted(conn.execute(sa.select(table_of(Site).c.id)).scalars())[:4]
+    assert len(sites) == 4
+    a, b, c, _ = sites
+    hours = {a: range(1000, 1100), b: range(1010, 1050), c: range(900, 950)}
+    unsettled = {a: {1040, 1070}}
+    conn.execute(
+        sa.insert(R),
+        [
+            {
+                "model_id": model_id,
+                "version_id": version_id,
+                "site_id": site,
+                "arm": arm,
+                "hour": hour,
+                "n_ok": 10,
+                "n_settled": 7 if hour in unsettled.get(site, ()) else 10,
+            }
+            for site, span in hours.items()
+            for hour in span
+            for arm in ("control", "canary")
+        ],
+    )
+    points = []
+    for site in (a, b):
+        for day in range(40, 50):
+            for metric in METRICS:
+                for version, arm in ((0, "all"), (version_id, "all"), (0, "canary")):
+                    points.append(
+                        {
+                            "monitor": MONITOR,
+                            "metric": metric,
+                            "model_id": model_id,
+                            "version_id": version,
+                            "site_id": site,
+                            "arm": arm,
+                            "window_start": day_start(day) + timedelta(hours=site % 3),
+                            "window_end": day_start(day + 1),
+                            "value": day * 0.1,
+                            "status": "ok",
+                            "detail": {"frontier_hour": day * 24 + 23, "site": site},
+                        }
+                    )
+    points.append({**points[0], "monitor": "calibration", "window_start": day_start(60)})
+    conn.execute(sa.insert(MP), points)
+    conn.execute(
+        sa.insert(CL),
+        [
+            {
+                "model_id": model_id,
+                "site_id": site,
+                "direction": direction,
+                "odds_ratio": 2.0,
+                "target_arl_days": 7300.0,
+                "limit": 4.5 + site,
+                "simulated_arl_days": 7300.0,
+                "predictions_per_day": 100.0,
+                "design_effect": 1.0,
+                "reference_start": day_start(40),
+                "reference_end": day_start(68),
+                "paths": 200,
+                "seed": 20000,
+            }
+            for site in (a, b)
+            for direction in ("upper", "lower")
+        ],
+    )
+    return int(model_id), sites
+
+
+def test_batched_run_starts_equal_the_per_site_reads(engine: Engine) -> None:
+    with engine.begin() as conn:
+        model_id, sites = _seed_reads(conn)
+        a, b, c, d = sites
+        assert first_hours(conn, model_id) == {a: 1000, b: 1010, c: 900}
+
+        from_hours = {a: 1000, b: 1020, c: 960, d: 24, 10_000: 1200}
+        for start in (1000, 1041, 1071, 1099, 1100):
+            from_hours[a] = start
+            expected = {s: _frontier_per_site(conn, model_id, s, h) for s, h in from_hours.items()}
+            assert settled_frontiers(conn, model_id, from_hours) == expected
+        assert settled_frontiers(conn, model_id, {}) == {}
+
+        befores = {a: day_start(45), b: day_start(52), c: day_start(45), d: day_start(38)}
+        for moment in (day_start(40), day_start(41) + timedelta(hours=2), day_start(47)):
+            befores[a] = moment
+            batched = latest_points_by_site(
+                conn, monitor=MONITOR, metrics=METRICS, model_id=model_id, before=befores
+            )
+            expected_points: dict[int, dict[str, dict[str, Any]]] = {}
+            for site, before in befores.items():
+                for metric in METRICS:
+                    point = _newest_per_metric(conn, model_id, site, metric, before)
+                    if point is not None:
+                        expected_points.setdefault(site, {})[metric] = point
+            assert batched == expected_points
+
+        limits = stored_limits(conn, model_id, [a, c, d])
+        assert set(limits) == {a} and set(limits[a]) == {"upper", "lower"}
+        assert limits[a]["upper"]["limit"] == 4.5 + a
+        assert stored_limits(conn, model_id, []) == {}
