@@ -182,31 +182,113 @@ def _minutes(delta: timedelta) -> str:
 # ---------------------------------------------------------------- I/O
 
 
-def latest_heartbeat(conn: Connection, site_id: int, feed: str, now: datetime) -> Heartbeat | None:
-    """The newest heartbeat of one feed at one site received by `now` (one index probe)."""
-    row = conn.execute(
-        sa.select(FS.c.received_at, FS.c.last_event_at, FS.c.messages)
-        .where(FS.c.site_id == site_id, FS.c.feed == feed, FS.c.received_at <= now)
-        .order_by(FS.c.received_at.desc())
-        .limit(1)
-    ).first()
-    return None if row is None else Heartbeat(row.received_at, row.last_event_at, row.messages)
+FeedKey = tuple[int, str]  # (site_id, feed)
+_CHUNK = 400  # keys per statement: 2 parameters each, well inside both databases' limits
+_BEAT_COLUMNS = (
+    sa.column("site_id", sa.Integer),
+    sa.column("feed", sa.String),
+    sa.column("received_at", FS.c.received_at.type),
+    sa.column("last_event_at", FS.c.last_event_at.type),
+    sa.column("messages", sa.Integer),
+)
 
 
-def heartbeats_between(
-    conn: Connection, site_id: int, feed: str, start: datetime, end: datetime
-) -> list[Heartbeat]:
-    rows = conn.execute(
-        sa.select(FS.c.received_at, FS.c.last_event_at, FS.c.messages)
-        .where(
-            FS.c.site_id == site_id,
-            FS.c.feed == feed,
-            FS.c.received_at >= start,
-            FS.c.received_at <= end,
+def _keys_cte(size: int) -> str:
+    """A VALUES list of `size` (site_id, feed) keys, parameters s0, f0, s1, f1, ..."""
+    values = ", ".join(f"(:s{i}, :f{i})" for i in range(size))
+    return f"WITH k (site_id, feed) AS (VALUES {values}) "
+
+
+def _key_params(keys: Sequence[FeedKey]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, (site_id, feed) in enumerate(keys):
+        params |= {f"s{i}": site_id, f"f{i}": feed}
+    return params
+
+
+def _chunks(keys: Sequence[FeedKey]) -> list[Sequence[FeedKey]]:
+    return [keys[start : start + _CHUNK] for start in range(0, len(keys), _CHUNK)]
+
+
+def _latest_query(size: int) -> sa.TextualSelect:
+    """For `size` keys: each key's newest heartbeat received by :now (NULLs where none).
+
+    Each column is a correlated subquery in the select list, one backward seek per key of the
+    index (site_id, feed, received_at): a subquery there runs once per key on both databases,
+    where a join back to the table may be planned as a scan of it. received_at is unique per
+    key, so the three seeks find the same row.
+    """
+
+    def newest(column: str) -> str:
+        return (
+            f"(SELECT n.{column} FROM {FS.name} n WHERE n.site_id = k.site_id "
+            "AND n.feed = k.feed AND n.received_at <= :now "
+            f"ORDER BY n.received_at DESC LIMIT 1) AS {column}"
         )
-        .order_by(FS.c.received_at)
-    ).all()
-    return [Heartbeat(r.received_at, r.last_event_at, r.messages) for r in rows]
+
+    return (
+        sa.text(
+            _keys_cte(size)
+            + "SELECT k.site_id, k.feed, "
+            + ", ".join(newest(c) for c in ("received_at", "last_event_at", "messages"))
+            + " FROM k"
+        )
+        .bindparams(sa.bindparam("now", type_=FS.c.received_at.type))
+        .columns(*_BEAT_COLUMNS)
+    )
+
+
+def _window_query(size: int) -> sa.TextualSelect:
+    """For `size` keys: every heartbeat of each key received in [:start, :end], by key and
+    time. The join is one range of the index (site_id, feed, received_at) per key."""
+    return (
+        sa.text(
+            _keys_cte(size)
+            + "SELECT f.site_id, f.feed, f.received_at, f.last_event_at, f.messages "
+            f"FROM k JOIN {FS.name} f ON f.site_id = k.site_id AND f.feed = k.feed "
+            "AND f.received_at >= :start AND f.received_at <= :end "
+            "ORDER BY f.site_id, f.feed, f.received_at"
+        )
+        .bindparams(
+            sa.bindparam("start", type_=FS.c.received_at.type),
+            sa.bindparam("end", type_=FS.c.received_at.type),
+        )
+        .columns(*_BEAT_COLUMNS)
+    )
+
+
+def latest_heartbeats(
+    conn: Connection, keys: Sequence[FeedKey], now: datetime
+) -> dict[FeedKey, Heartbeat | None]:
+    """The newest heartbeat received by `now` of each (site, feed), None where there is none:
+    one statement per 400 keys instead of one per key (each statement costs far more in
+    overhead than its index probes)."""
+    unique = sorted(set(keys))
+    found: dict[FeedKey, Heartbeat | None] = dict.fromkeys(unique)
+    for chunk in _chunks(unique):
+        params = _key_params(chunk) | {"now": now}
+        for row in conn.execute(_latest_query(len(chunk)), params):
+            if row.received_at is not None:
+                found[(int(row.site_id), str(row.feed))] = Heartbeat(
+                    row.received_at, row.last_event_at, row.messages
+                )
+    return found
+
+
+def heartbeats_in_window(
+    conn: Connection, keys: Sequence[FeedKey], start: datetime, end: datetime
+) -> dict[FeedKey, list[Heartbeat]]:
+    """Each (site, feed)'s heartbeats received in [start, end], sorted by received_at: one
+    statement per 400 keys."""
+    unique = sorted(set(keys))
+    found: dict[FeedKey, list[Heartbeat]] = {key: [] for key in unique}
+    for chunk in _chunks(unique):
+        params = _key_params(chunk) | {"start": start, "end": end}
+        for row in conn.execute(_window_query(len(chunk)), params):
+            found[(int(row.site_id), str(row.feed))].append(
+                Heartbeat(row.received_at, row.last_event_at, row.messages)
+            )
+    return found
 
 
 def mark_degraded(
@@ -243,6 +325,24 @@ def _deployments(conn: Connection) -> dict[int, list[int]]:
     return {k: sorted(v) for k, v in found.items()}
 
 
+def _site_configs(
+    config: MonitorConfig,
+    models: Sequence[Model],
+    deployed: dict[int, list[int]],
+    codes: dict[int, str],
+) -> dict[tuple[int, int], FreshnessConfig]:
+    """Each deployment's (model id, site id) freshness config, resolved once so that the feeds
+    to read are known before any is read."""
+    return {
+        (model.id, site_id): config.for_monitor(
+            MONITOR, FreshnessConfig, model=model.name, site=codes[site_id]
+        )
+        for model in models
+        if model.id is not None
+        for site_id in deployed.get(model.id, [])
+    }
+
+
 def run_feed_freshness(
     engine: Engine, config: MonitorConfig, now: datetime | None = None
 ) -> list[MonitorResult]:
@@ -259,28 +359,29 @@ def run_feed_freshness(
         codes = dict(conn.execute(sa.select(S.c.id, S.c.code)).all())
         deployed = _deployments(conn)
         since = datetime.fromisoformat(get_state(conn, WM_DEGRADED, EPOCH.isoformat()))
-        latest_cache: dict[tuple[int, str], Heartbeat | None] = {}
-        beats_cache: dict[tuple[int, str], list[Heartbeat]] = {}
+        configs = _site_configs(config, models, deployed, codes)
+        keys = [(site_id, feed) for (_, site_id), cfg in configs.items() for feed in cfg.feeds]
+        # Nothing below writes heartbeats, so every feed's reads can be made up front.
+        latest = latest_heartbeats(conn, keys, now)
+        # Scores since the previous run (and the heartbeat before it, whose span the newer
+        # heartbeats close) are checked against the error tier.
+        beats = heartbeats_in_window(conn, keys, since - timedelta(hours=1), now)
         for model in models:
             assert model.id is not None
             hours: set[int] = set()
             for site_id in deployed.get(model.id, []):
-                cfg = config.for_monitor(
-                    MONITOR, FreshnessConfig, model=model.name, site=codes[site_id]
-                )
+                cfg = configs[(model.id, site_id)]
                 staleness_tier = cfg.staleness_tier()
                 for feed in cfg.feeds:
                     key = (site_id, feed)
-                    if key not in latest_cache:
-                        latest_cache[key] = latest_heartbeat(conn, site_id, feed, now)
                     tier = cfg.lag_tier(feed)
                     assessment = assess_feed(
-                        latest_cache[key], now=now, lag_tier=tier, staleness_tier=staleness_tier
+                        latest[key], now=now, lag_tier=tier, staleness_tier=staleness_tier
                     )
                     results.append(
                         _result(
                             assessment,
-                            latest_cache[key],
+                            latest[key],
                             model=model,
                             site=(site_id, codes[site_id]),
                             feed=feed,
@@ -288,13 +389,7 @@ def run_feed_freshness(
                             now=now,
                         )
                     )
-                    # Scores since the previous run (and the heartbeat before it, whose span
-                    # the newer heartbeats close) are checked against the error tier.
-                    if key not in beats_cache:
-                        beats_cache[key] = heartbeats_between(
-                            conn, site_id, feed, since - timedelta(hours=1), now
-                        )
-                    spans = stale_intervals(beats_cache[key], error_after=tier.error_after, now=now)
+                    spans = stale_intervals(beats[key], error_after=tier.error_after, now=now)
                     if spans:
                         hours |= mark_degraded(conn, model, site_id, spans)
             if hours:
@@ -367,17 +462,19 @@ def feed_status_table(
         S = table_of(Site)
         codes = dict(conn.execute(sa.select(S.c.id, S.c.code)).all())
         deployed = _deployments(conn)
+        configs = _site_configs(config, models, deployed, codes)
+        newest = latest_heartbeats(
+            conn, [(site_id, feed) for (_, site_id), c in configs.items() for feed in c.feeds], now
+        )
         seen: dict[tuple[int, str], dict[str, Any]] = {}
         for model in models:
             for site_id in deployed.get(model.id or 0, []):
-                cfg = config.for_monitor(
-                    MONITOR, FreshnessConfig, model=model.name, site=codes[site_id]
-                )
+                cfg = configs[(model.id or 0, site_id)]
                 for feed in cfg.feeds:
                     if (site_id, feed) in seen:
                         seen[(site_id, feed)]["models"].append(model.name)
                         continue
-                    latest = latest_heartbeat(conn, site_id, feed, now)
+                    latest = newest[(site_id, feed)]
                     tier, stale_tier = cfg.lag_tier(feed), cfg.staleness_tier()
                     verdict = assess_feed(latest, now=now, lag_tier=tier, staleness_tier=stale_tier)
                     row = {

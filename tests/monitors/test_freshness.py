@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from collectors.runner import collect_files
+from monitors import freshness
 from monitors.base import Status
 from monitors.config import MonitorConfig
 from monitors.durations import parse_duration
@@ -18,11 +19,13 @@ from monitors.freshness import (
     Heartbeat,
     Tier,
     assess_feed,
+    heartbeats_in_window,
+    latest_heartbeats,
     run_feed_freshness,
     stale_intervals,
     tier_status,
 )
-from store.models import Prediction, PredictionRollup, Site, table_of
+from store.models import FeedStatus, Prediction, PredictionRollup, Site, table_of
 from store.rollups import refresh
 from tests.factories import heartbeat, iso, prediction, write_jsonl
 
@@ -178,6 +181,57 @@ def test_runner_flags_the_stuck_feed_at_the_right_site_and_marks_scores_degraded
     ]
     assert [at for _, at in degraded] == expected
     assert rollup_degraded == len(expected)
+
+
+def _one_by_one(
+    engine: Engine, key: tuple[int, str], start: datetime, end: datetime
+) -> tuple[Heartbeat | None, list[Heartbeat]]:
+    """The per-key reads the batched ones replaced: the newest heartbeat by `end`, and every
+    heartbeat in [start, end]."""
+    FS = table_of(FeedStatus)
+    columns = (FS.c.received_at, FS.c.last_event_at, FS.c.messages)
+    mine = (FS.c.site_id == key[0], FS.c.feed == key[1])
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(*columns)
+            .where(*mine, FS.c.received_at <= end)
+            .order_by(FS.c.received_at.desc())
+            .limit(1)
+        ).first()
+        rows = conn.execute(
+            sa.select(*columns)
+            .where(*mine, FS.c.received_at >= start, FS.c.received_at <= end)
+            .order_by(FS.c.received_at)
+        ).all()
+    return (None if row is None else Heartbeat(*row)), [Heartbeat(*r) for r in rows]
+
+
+def test_batched_heartbeat_reads_match_the_per_key_reads(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store(engine, tmp_path)
+    monkeypatch.setattr(freshness, "_CHUNK", 4)  # several statements, one key alone in the last
+    with engine.connect() as conn:
+        sites = dict(conn.execute(sa.select(table_of(Site).c.code, table_of(Site).c.id)).all())
+    # Every stored feed, a feed never reported, and a site with no heartbeat at all.
+    keys = [(sites[code], feed) for code in ("RVH", "UMC") for feed in ("ADT", "LAB", "VITALS")]
+    keys += [(sites["RVH"], "PHARMACY"), (sites["PRR"], "ADT"), (sites["RVH"], "LAB")]
+    beat = timedelta(seconds=10)  # received_at of the stored heartbeats is on :00:10, :15:10, ...
+    windows = [
+        (T, T + timedelta(hours=1)),  # ends before the first heartbeat
+        (T + timedelta(hours=1, minutes=15) + beat, T + timedelta(hours=3) + beat),  # on edges
+        (T + timedelta(hours=2, minutes=1), T + timedelta(hours=2, minutes=2)),  # empty
+        (T - timedelta(days=1), T + timedelta(days=1)),  # everything
+    ]
+    for start, end in windows:
+        with engine.connect() as conn:
+            latest = latest_heartbeats(conn, keys, end)
+            beats = heartbeats_in_window(conn, keys, start, end)
+        assert set(latest) == set(beats) == set(keys)
+        for key in keys:
+            assert (latest[key], beats[key]) == _one_by_one(engine, key, start, end), (key, end)
+    assert latest[(sites["PRR"], "ADT")] is None and beats[(sites["PRR"], "ADT")] == []
+    assert len(beats[(sites["RVH"], "LAB")]) == 36
 
 
 def test_shipped_config_gives_every_model_its_feeds() -> None:
