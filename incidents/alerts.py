@@ -192,7 +192,9 @@ def _newest_windows(conn: Connection, keys: list[Key]) -> dict[Key, datetime]:
         params: dict[str, Any] = {}
         for i, (monitor, model_id, site_id, arm) in enumerate(chunk):
             params |= {f"m{i}": monitor, f"o{i}": model_id, f"s{i}": site_id, f"a{i}": arm}
-        for monitor, model_id, site_id, arm, end in conn.execute(_newest_query(len(chunk)), params):
+        for monitor, model_id, site_id, arm, end in conn.execute(
+            _newest_query(len(chunk)), params
+        ).all():
             if end is not None:
                 newest[(str(monitor), int(model_id), int(site_id), str(arm))] = end
     return newest
@@ -231,7 +233,9 @@ def latest_observations(
             )
             .order_by(MP.c.id)
         )
-        for point_id, site_id, arm, end, metric, value, status, threshold in conn.execute(query):
+        for point_id, site_id, arm, end, metric, value, status, threshold in conn.execute(
+            query
+        ).all():
             key = (monitor, model_id, int(site_id), str(arm))
             if newest.get(key) != end:
                 continue
@@ -267,7 +271,8 @@ def _active_alerts(conn: Connection, key_texts: list[str]) -> dict[str, ActiveAl
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {
-        row.dedup_key: ActiveAlert(row.id, row.severity, row.summary) for row in conn.execute(query)
+        row.dedup_key: ActiveAlert(row.id, row.severity, row.summary)
+        for row in conn.execute(query).all()
     }
 
 

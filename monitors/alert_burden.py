@@ -513,7 +513,7 @@ def count_alert_hours(
         for i in range(0, len(undecided), PATIENTS_PER_QUERY):
             keys = undecided[i : i + PATIENTS_PER_QUERY]
             query = _patients_alerts_query(conn.dialect.name, model_id, keys, since, last)
-            rows = conn.execute(query)
+            rows = conn.execute(query).all()
             left += _tally_stream(
                 rows, snooze_seconds=snooze_seconds, since=since, wanted=wanted, counts=counts
             )

@@ -161,7 +161,7 @@ def find_canaries(conn: Connection, *, include_disabled: bool = False) -> list[C
         query = query.where(D.c.enabled.is_(True))
     seen: set[tuple[int, int, int]] = set()
     found = []
-    for row in conn.execute(query):
+    for row in conn.execute(query).all():
         key = (row.model_id, row.site_id, row.version_id)
         if key in seen:  # several control deployments (units): the first, whole-site one
             continue
@@ -411,7 +411,7 @@ def hourly_series(
             .where(_arm_filter(R, canary, name), R.c.hour >= first_hour, R.c.hour < end_hour)
             .group_by(R.c.hour)
         )
-        for row in conn.execute(query):
+        for row in conn.execute(query).all():
             i = int(row[0]) - first_hour
             for f, value in zip(fields, row[1:], strict=True):
                 arrays[f][i] = float(value or 0.0)

@@ -279,7 +279,7 @@ def _existing_keys(
         sa.select(*[table.c[n] for n in names], table.c.n).where(
             table.c.model_id == model_id, table.c.site_id.in_(sites), table.c.hour.in_(hours)
         )
-    )
+    ).all()
     return {tuple(r[: len(names)]) for r in rows}
 
 
