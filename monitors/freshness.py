@@ -184,76 +184,66 @@ def _minutes(delta: timedelta) -> str:
 
 FeedKey = tuple[int, str]  # (site_id, feed)
 _CHUNK = 400  # keys per statement: 2 parameters each, well inside both databases' limits
-_BEAT_COLUMNS = (
-    sa.column("site_id", sa.Integer),
-    sa.column("feed", sa.String),
-    sa.column("received_at", FS.c.received_at.type),
-    sa.column("last_event_at", FS.c.last_event_at.type),
-    sa.column("messages", sa.Integer),
-)
 
 
-def _keys_cte(size: int) -> str:
-    """A VALUES list of `size` (site_id, feed) keys, parameters s0, f0, s1, f1, ..."""
-    values = ", ".join(f"(:s{i}, :f{i})" for i in range(size))
-    return f"WITH k (site_id, feed) AS (VALUES {values}) "
-
-
-def _key_params(keys: Sequence[FeedKey]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for i, (site_id, feed) in enumerate(keys):
-        params |= {f"s{i}": site_id, f"f{i}": feed}
-    return params
+def _keys(chunk: Sequence[FeedKey]) -> sa.CTE:
+    """The (site_id, feed) keys as a VALUES list."""
+    return (
+        sa.values(
+            sa.column("site_id", FS.c.site_id.type), sa.column("feed", FS.c.feed.type), name="k"
+        )
+        .data(list(chunk))
+        .cte("k")
+    )
 
 
 def _chunks(keys: Sequence[FeedKey]) -> list[Sequence[FeedKey]]:
     return [keys[start : start + _CHUNK] for start in range(0, len(keys), _CHUNK)]
 
 
-def _latest_query(size: int) -> sa.TextualSelect:
-    """For `size` keys: each key's newest heartbeat received by :now (NULLs where none).
+def _latest_query(chunk: Sequence[FeedKey], now: datetime) -> sa.Select[Any]:
+    """Each key's newest heartbeat received by `now` (NULLs where none).
 
     Each column is a correlated subquery in the select list, one backward seek per key of the
     index (site_id, feed, received_at): a subquery there runs once per key on both databases,
     where a join back to the table may be planned as a scan of it. received_at is unique per
     key, so the three seeks find the same row.
     """
+    k = _keys(chunk)
+    n = FS.alias("n")
 
-    def newest(column: str) -> str:
+    def newest(column: str) -> Any:
         return (
-            f"(SELECT n.{column} FROM {FS.name} n WHERE n.site_id = k.site_id "
-            "AND n.feed = k.feed AND n.received_at <= :now "
-            f"ORDER BY n.received_at DESC LIMIT 1) AS {column}"
+            sa.select(n.c[column])
+            .where(n.c.site_id == k.c.site_id, n.c.feed == k.c.feed, n.c.received_at <= now)
+            .order_by(n.c.received_at.desc())
+            .limit(1)
+            .scalar_subquery()
+            .label(column)
         )
 
-    return (
-        sa.text(
-            _keys_cte(size)
-            + "SELECT k.site_id, k.feed, "
-            + ", ".join(newest(c) for c in ("received_at", "last_event_at", "messages"))
-            + " FROM k"
-        )
-        .bindparams(sa.bindparam("now", type_=FS.c.received_at.type))
-        .columns(*_BEAT_COLUMNS)
+    return sa.select(
+        k.c.site_id, k.c.feed, *[newest(c) for c in ("received_at", "last_event_at", "messages")]
     )
 
 
-def _window_query(size: int) -> sa.TextualSelect:
-    """For `size` keys: every heartbeat of each key received in [:start, :end], by key and
-    time. The join is one range of the index (site_id, feed, received_at) per key."""
+def _window_query(chunk: Sequence[FeedKey], start: datetime, end: datetime) -> sa.Select[Any]:
+    """Every heartbeat of each key received in [start, end], by key and time. The join is one
+    range of the index (site_id, feed, received_at) per key."""
+    k = _keys(chunk)
     return (
-        sa.text(
-            _keys_cte(size)
-            + "SELECT f.site_id, f.feed, f.received_at, f.last_event_at, f.messages "
-            f"FROM k JOIN {FS.name} f ON f.site_id = k.site_id AND f.feed = k.feed "
-            "AND f.received_at >= :start AND f.received_at <= :end "
-            "ORDER BY f.site_id, f.feed, f.received_at"
+        sa.select(FS.c.site_id, FS.c.feed, FS.c.received_at, FS.c.last_event_at, FS.c.messages)
+        .select_from(k)
+        .join(
+            FS,
+            sa.and_(
+                FS.c.site_id == k.c.site_id,
+                FS.c.feed == k.c.feed,
+                FS.c.received_at >= start,
+                FS.c.received_at <= end,
+            ),
         )
-        .bindparams(
-            sa.bindparam("start", type_=FS.c.received_at.type),
-            sa.bindparam("end", type_=FS.c.received_at.type),
-        )
-        .columns(*_BEAT_COLUMNS)
+        .order_by(FS.c.site_id, FS.c.feed, FS.c.received_at)
     )
 
 
@@ -266,8 +256,7 @@ def latest_heartbeats(
     unique = sorted(set(keys))
     found: dict[FeedKey, Heartbeat | None] = dict.fromkeys(unique)
     for chunk in _chunks(unique):
-        params = _key_params(chunk) | {"now": now}
-        for row in conn.execute(_latest_query(len(chunk)), params):
+        for row in conn.execute(_latest_query(chunk, now)).all():
             if row.received_at is not None:
                 found[(int(row.site_id), str(row.feed))] = Heartbeat(
                     row.received_at, row.last_event_at, row.messages
@@ -283,8 +272,7 @@ def heartbeats_in_window(
     unique = sorted(set(keys))
     found: dict[FeedKey, list[Heartbeat]] = {key: [] for key in unique}
     for chunk in _chunks(unique):
-        params = _key_params(chunk) | {"start": start, "end": end}
-        for row in conn.execute(_window_query(len(chunk)), params):
+        for row in conn.execute(_window_query(chunk, start, end)).all():
             found[(int(row.site_id), str(row.feed))].append(
                 Heartbeat(row.received_at, row.last_event_at, row.messages)
             )
