@@ -4,7 +4,9 @@ Every read is bounded by an hour range the caller derives from what changed, so 
 follows the new data, not the history. Aggregation happens in the database. Whole-day windows
 are read from the daily tables (one row per site, day and bin, kept by store/rollups.py
 `sync_daily`) when they hold every day asked for; otherwise from the hourly rows, which give
-the same sums.
+the same sums. Frames come in no particular order (callers place rows by site and period):
+an ORDER BY would hold PostgreSQL to an index scan in that order, which it gives up for a
+bitmap scan and a sort once the daily tables are large.
 """
 
 from __future__ import annotations
@@ -229,13 +231,9 @@ def daily_bins(
     `site_id`, or `site_ids`, or every site."""
     sites = _sites(conn, site_id, site_ids)
     if not hourly and daily_ready(conn, model_id, sites, first_day, last_day):
-        daily = (
-            sa.select(
-                DH.c.site_id, DH.c.day.label("period"), DH.c.bin, *[DH.c[f] for f in BIN_FIELDS]
-            )
-            .where(model_days(DH, model_id, sites, first_day, last_day))
-            .order_by(DH.c.site_id, DH.c.day, DH.c.bin)
-        )
+        daily = sa.select(
+            DH.c.site_id, DH.c.day.label("period"), DH.c.bin, *[DH.c[f] for f in BIN_FIELDS]
+        ).where(model_days(DH, model_id, sites, first_day, last_day))
         return _frame(conn, daily, ["site_id", "period", "bin", *BIN_FIELDS])
     period = H.c.hour if hourly else (H.c.hour // 24)
     query = (
@@ -262,15 +260,15 @@ def daily_sums(
     last_day: int,
     *,
     site_id: int | None = None,
+    site_ids: Iterable[int] | None = None,
 ) -> pd.DataFrame:
-    """Prediction-rollup sums per site x day over [first_day, last_day]."""
-    sites = _sites(conn, site_id)
+    """Prediction-rollup sums per site x day over [first_day, last_day], at `site_id`, or
+    `site_ids`, or every site."""
+    sites = _sites(conn, site_id, site_ids)
     if daily_ready(conn, model_id, sites, first_day, last_day):
-        query = (
-            sa.select(DR.c.site_id, DR.c.day.label("period"), *[DR.c[f] for f in SUM_FIELDS])
-            .where(model_days(DR, model_id, sites, first_day, last_day))
-            .order_by(DR.c.site_id, DR.c.day)
-        )
+        query = sa.select(
+            DR.c.site_id, DR.c.day.label("period"), *[DR.c[f] for f in SUM_FIELDS]
+        ).where(model_days(DR, model_id, sites, first_day, last_day))
         return _frame(conn, query, ["site_id", "period", *SUM_FIELDS])
     day = (R.c.hour // 24).label("period")
     query = (
@@ -431,11 +429,9 @@ def daily_inputs(
     sites = _sites(conn, site_id, site_ids)
     columns = ["site_id", "period", "feature", "bin", "n"]
     if daily_ready(conn, model_id, sites, first_day, last_day):
-        query = (
-            sa.select(DI.c.site_id, DI.c.day.label("period"), DI.c.feature, DI.c.bin, DI.c.n)
-            .where(model_days(DI, model_id, sites, first_day, last_day))
-            .order_by(DI.c.site_id, DI.c.day, DI.c.feature, DI.c.bin)
-        )
+        query = sa.select(
+            DI.c.site_id, DI.c.day.label("period"), DI.c.feature, DI.c.bin, DI.c.n
+        ).where(model_days(DI, model_id, sites, first_day, last_day))
         return _frame(conn, query, columns)
     day = (I.c.hour // 24).label("period")
     query = (

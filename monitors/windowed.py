@@ -500,28 +500,33 @@ def run_windowed(
                 sid: config.for_monitor(monitor, config_class, model=model.name, site=code)
                 for sid, code in sites.items()
             }
-            widest = max(c.window_days for c in cfgs.values())
+            by_window: dict[int, list[int]] = {}
+            for sid in sorted(sites):
+                by_window.setdefault(cfgs[sid].window_days, []).append(sid)
             first_day = first_hour // 24
-            last_day = max(first_day, min(last_hour // 24 + widest - 1, today))
-            read_from = first_day - widest + 1
-            bins = daily_bins(conn, model_id, read_from, last_day)
-            sums = daily_sums(conn, model_id, read_from, last_day)
-            site_ids = sorted(sites)
-            all_bins = dense_bins_by_site(bins, site_ids, read_from, last_day)
-            all_sums = dense_sums_by_site(sums, site_ids, read_from, last_day)
-            for k, site_id in enumerate(site_ids):
-                site_sums = all_sums[k]
-                if not site_sums[:, _S["n_ok"]].any():
-                    continue  # the model does not run at this site
-                cfg = cfgs[site_id]
-                rolled_bins = trailing(all_bins[k], cfg.window_days)
-                rolled_sums = trailing(site_sums, cfg.window_days)
-                for day in range(first_day, last_day + 1):
-                    i = day - read_from
-                    window = Window(
-                        model, site_id, day, cfg.window_days, rolled_bins[i], rolled_sums[i], now
-                    )
-                    results.extend(compute(window, cfg))
+            for window_days, site_ids in sorted(by_window.items()):
+                # Each group of sites reads its own window's days, not the widest window's:
+                # a site's points need the window_days - 1 days before first_day, and a
+                # change reaches the points of the window_days - 1 days after last_hour.
+                last_day = max(first_day, min(last_hour // 24 + window_days - 1, today))
+                read_from = first_day - window_days + 1
+                bins = daily_bins(conn, model_id, read_from, last_day, site_ids=site_ids)
+                sums = daily_sums(conn, model_id, read_from, last_day, site_ids=site_ids)
+                all_bins = dense_bins_by_site(bins, site_ids, read_from, last_day)
+                all_sums = dense_sums_by_site(sums, site_ids, read_from, last_day)
+                for k, site_id in enumerate(site_ids):
+                    site_sums = all_sums[k]
+                    if not site_sums[:, _S["n_ok"]].any():
+                        continue  # the model does not run at this site
+                    cfg = cfgs[site_id]
+                    rolled_bins = trailing(all_bins[k], window_days)
+                    rolled_sums = trailing(site_sums, window_days)
+                    for day in range(first_day, last_day + 1):
+                        i = day - read_from
+                        window = Window(
+                            model, site_id, day, window_days, rolled_bins[i], rolled_sums[i], now
+                        )
+                        results.extend(compute(window, cfg))
         write_results(conn, results, now=now)
         write_watermark(conn, monitor, max(c.updated_at for c in changed))
     logger.info("%s: %d points written", monitor, len(results))

@@ -26,6 +26,7 @@ from collectors.pseudonym import encounter_key
 from collectors.runner import collect_files
 from monitors import windowed
 from monitors.base import Status
+from monitors.config import MonitorConfig
 from monitors.drift_runner import run_drift
 from monitors.registry import default_registry
 from monitors.sequential_runner import run_calibration_drift
@@ -153,6 +154,60 @@ def test_a_run_reads_only_the_windows_of_what_changed(
     ends = {r.window_end for r in results}
     assert min(ends) == T0 + timedelta(days=DAYS + 11)
     assert max(ends) <= now
+
+
+def test_sites_with_different_windows_each_read_and_score_their_own(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RVH's calibration window is 20 days, UMC's 10: each site's points equal those of a run
+    # where every site has its window, and UMC's read covers 10 days of history, not 20.
+    load(engine, tmp_path, "a", 0, DAYS, seed=44, per_day=20)
+    now = T0 + timedelta(days=DAYS + 5)
+    refresh(engine, now=now)
+    with engine.connect() as conn:
+        sites = dict(conn.execute(sa.select(S.c.code, S.c.id)).all())
+
+    def config(defaults: int, rvh: int | None = None) -> MonitorConfig:
+        section: dict[str, Any] = {"defaults": {"window_days": defaults, "design_effect": 1.0}}
+        if rvh is not None:
+            section["models"] = {"deterioration": {"sites": {"RVH": {"window_days": rvh}}}}
+        return MonitorConfig({"calibration": section})
+
+    def fresh_run(cfg: MonitorConfig) -> list[Any]:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(MP).where(MP.c.monitor == "calibration"))
+            conn.execute(
+                sa.text("DELETE FROM jobstate WHERE key = 'monitor.calibration.rollup_updated_at'")
+            )
+        return run_calibration(engine, cfg, now)
+
+    reads: list[tuple[int, int, list[int]]] = []
+    original: Callable[..., pd.DataFrame] = windowed.daily_bins
+
+    def spy(conn: Any, model_id: int, first: int, last: int, **kw: Any) -> pd.DataFrame:
+        reads.append((first, last, list(kw["site_ids"])))
+        return original(conn, model_id, first, last, **kw)
+
+    monkeypatch.setattr(windowed, "daily_bins", spy)
+    mixed = fresh_run(config(10, rvh=20))
+    today = (now - datetime(1970, 1, 1, tzinfo=now.tzinfo)).days
+    first_day = (T0 - datetime(1970, 1, 1, tzinfo=T0.tzinfo)).days
+    (ten_first, ten_last, ten_sites), twenty = reads  # every other site has the default window
+    assert (ten_first, ten_last) == (first_day - 9, today)
+    assert sites["UMC"] in ten_sites and sites["RVH"] not in ten_sites
+    assert twenty == (first_day - 19, today, [sites["RVH"]])
+    monkeypatch.setattr(windowed, "daily_bins", original)
+    alone = {10: fresh_run(config(10)), 20: fresh_run(config(20))}
+
+    def of(results: list[Any], site: str) -> list[Any]:
+        return sorted(
+            (r for r in results if r.site_id == sites[site]),
+            key=lambda r: (r.metric, r.window_start),
+        )
+
+    assert of(mixed, "UMC") == of(alone[10], "UMC") != []
+    assert of(mixed, "RVH") == of(alone[20], "RVH") != []
+    assert {r.detail["window_days"] for r in of(mixed, "RVH")} == {20}
 
 
 def check_calibration_drift(
