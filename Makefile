@@ -43,9 +43,10 @@ run: setup
 	$(BIN)/vigil serve
 
 # One test worker per core (pytest-xdist), a whole file per worker so module fixtures build
-# once; VIGIL_TEST_WORKERS=0 runs in this process.
+# once; VIGIL_TEST_WORKERS=0 runs in this process. The 25 slowest tests are listed at the end
+# (where CI time goes).
 test: setup
-	$(BIN)/python -m pytest -n $${VIGIL_TEST_WORKERS:-auto} --dist loadfile
+	$(BIN)/python -m pytest -n $${VIGIL_TEST_WORKERS:-auto} --dist loadfile --durations=25
 
 # PostgreSQL figures run when a server answers on 127.0.0.1:5432 (or VIGIL_BENCH_POSTGRES_URL is set).
 bench: setup
