@@ -7,7 +7,9 @@ one writes) and once in a single process; compared with raw `sqlite3` `executema
 the collector wrote, in the same batches, into the same schema and indexes, on a connection
 with the same settings (the engine's PRAGMAs and the collector's: page cache, and for a large
 file checkpoint interval and a final checkpoint), in the same process. Runs alternate, so load
-from elsewhere on the machine hits all alike.
+from elsewhere on the machine hits all alike. Then what each secondary index of `prediction`
+costs that raw driver: the same raw `executemany` into the schema without the index (and without
+any), against the schema as it is, in alternating turns too.
 PostgreSQL (when VIGIL_BENCH_POSTGRES_URL or VIGIL_TEST_POSTGRES_URL names a server): the same
 path, compared with raw psycopg COPY of the same rows straight into the table.
 """
@@ -25,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,33 +172,13 @@ def sqlite_figures(
     stored = _stored_rows(state["engine"])
     if len(stored) != rows:
         raise RuntimeError(f"{len(stored)} rows stored, expected {rows}")
-    names = ", ".join(PREDICTION_COLUMNS)
-    marks = ", ".join("?" for _ in PREDICTION_COLUMNS)
-    sql = f"INSERT INTO prediction ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
     bulk = source.stat().st_size >= HELPER_MIN_BYTES  # the collector's bulk-load settings apply
-
-    def raw_executemany() -> None:
-        # The engine's own DBAPI connection: the same PRAGMAs as the collector's.
-        connection = state["engine"].raw_connection()
-        try:
-            cursor = connection.cursor()
-            # The settings the collector writes with: its page cache, and for a large file its
-            # checkpoint interval and a checkpoint at the end.
-            for pragma in SQLITE_BULK_PRAGMAS if bulk else (SQLITE_CACHE_PRAGMA,):
-                cursor.execute(pragma)
-            for batch in _batches(stored):
-                cursor.executemany(sql, batch)
-                connection.commit()
-            if bulk:
-                cursor.execute(SQLITE_BULK_END)
-        finally:
-            connection.close()
 
     runs, cpu, load = _interleaved(
         {
             "helper": lambda: _ingest(state["engine"], source, helper=True),
             "single": lambda: _ingest(state["engine"], source, helper=False),
-            "raw": raw_executemany,
+            "raw": lambda: _raw_executemany(state["engine"], stored, bulk=bulk),
             "reference": lambda: _reference_executemany(reference, stored),
         },
         setup=fresh,
@@ -272,7 +255,85 @@ def sqlite_figures(
             ),
         )
     )
+    figures += index_cost_figures(template, target, stored, bulk=bulk)
     return figures, stored
+
+
+def _raw_executemany(engine: Engine, rows: list[tuple[Any, ...]], *, bulk: bool) -> None:
+    """The rows into `prediction` by raw `executemany`, in the collector's batches, on the
+    engine's own DBAPI connection (the same PRAGMAs as the collector's)."""
+    names = ", ".join(PREDICTION_COLUMNS)
+    marks = ", ".join("?" for _ in PREDICTION_COLUMNS)
+    sql = f"INSERT INTO prediction ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        # The settings the collector writes with: its page cache, and for a large file its
+        # checkpoint interval and a checkpoint at the end.
+        for pragma in SQLITE_BULK_PRAGMAS if bulk else (SQLITE_CACHE_PRAGMA,):
+            cursor.execute(pragma)
+        for batch in _batches(rows):
+            cursor.executemany(sql, batch)
+            connection.commit()
+        if bulk:
+            cursor.execute(SQLITE_BULK_END)
+    finally:
+        connection.close()
+
+
+def index_cost_figures(
+    template: Path, target: Path, rows: list[tuple[Any, ...]], *, bulk: bool
+) -> list[Figure]:
+    """What each secondary index of `prediction` costs the raw driver: the raw `executemany`
+    of the same rows into the schema with that index dropped (then with every one dropped),
+    against the schema as it is. Runs alternate, as above."""
+    with closing(sqlite3.connect(template)) as connection:
+        indexes = [
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = 'prediction' AND sql IS NOT NULL ORDER BY name"
+            )
+        ]
+    variants = {"any secondary index": indexes} | {name: [name] for name in indexes}
+    variants[""] = []  # the schema as it is, timed in the same turns
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(REPEATS):
+        for name, dropped in variants.items():
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            shutil.copy(template, target)
+            with closing(sqlite3.connect(target)) as connection:
+                for index in dropped:
+                    connection.execute(f'DROP INDEX "{index}"')
+                connection.commit()
+            engine = make_engine(f"sqlite:///{target}")
+            try:
+                action = partial(_raw_executemany, engine, rows, bulk=bulk)
+                runs[name].append(timed_median(action, repeats=1).median_s)
+            finally:
+                engine.dispose()
+    count = len(rows)
+    full = statistics.median(runs.pop(""))
+    figures = []
+    for name, seconds in runs.items():
+        median = statistics.median(seconds)
+        figures.append(
+            Figure(
+                area=AREA,
+                name=f"cost of indexes: raw sqlite3.executemany without {name}, {count:,} rows",
+                value=count / median,
+                unit="rows/s",
+                baseline_name="the same with every index",
+                baseline_value=count / full,
+                runs=REPEATS,
+                note=(
+                    f"{(full - median) / count * 1e6:.1f} µs of the raw driver's "
+                    f"{full / count * 1e6:.1f} µs a row with every index"
+                ),
+            )
+        )
+    return figures
 
 
 def _create_reference(path: Path) -> None:
