@@ -160,10 +160,8 @@ def sqlite_figures(
     def fresh() -> None:
         if "engine" in state:
             state.pop("engine").dispose()
-        for path in (target, reference):
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        shutil.copy(template, target)
+        _remove_store(reference)
+        _copy_store(template, target)
         state["engine"] = make_engine(f"sqlite:///{target}")
         _create_reference(reference)
 
@@ -259,6 +257,18 @@ def sqlite_figures(
     return figures, stored
 
 
+def _remove_store(path: Path) -> None:
+    """A SQLite file gone, with its write-ahead log and shared-memory files."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _copy_store(template: Path, target: Path) -> None:
+    """`target` replaced by a copy of `template` (no log of the old file left beside it)."""
+    _remove_store(target)
+    shutil.copy(template, target)
+
+
 def _raw_executemany(engine: Engine, rows: list[tuple[Any, ...]], *, bulk: bool) -> None:
     """The rows into `prediction` by raw `executemany`, in the collector's batches, on the
     engine's own DBAPI connection (the same PRAGMAs as the collector's)."""
@@ -300,9 +310,7 @@ def index_cost_figures(
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(REPEATS):
         for name, dropped in variants.items():
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{target}{suffix}").unlink(missing_ok=True)
-            shutil.copy(template, target)
+            _copy_store(template, target)
             with closing(sqlite3.connect(target)) as connection:
                 for index in dropped:
                     connection.execute(f'DROP INDEX "{index}"')
