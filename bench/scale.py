@@ -12,8 +12,10 @@ What the store holds (the same for both history lengths, except the history itse
   months (365 days) before END. A year of raw rows at this load is 365 M rows, which this
   machine cannot hold; a cycle must not need them, because monitors read rollups. The
   canary arm's rows are copied back 1 month in both stores: the canary monitor judges a
-  canary's whole period so far, so what it reads grows with the canary's age (a canary runs
-  days to weeks), and the two stores differ only in the store's history.
+  canary's whole period so far, so the rollups it reads grow with the canary's age (a canary
+  runs days to weeks), and the two stores differ only in the store's history. (Its
+  per-encounter counts are kept up to date from new and newly settled rows, so no step reads
+  the period's raw rows; here those would be the slab's day only.)
 Every monitor then runs once (the catch-up a freshly started scheduler does; untimed).
 
 Timed, the median of three, each on the next hour of the same simulated world (about 42,000

@@ -7,8 +7,9 @@ the canary arm scored at its site to now. Each run reads, aggregated in the data
   the control arm at the same site over the period (the judge's inputs);
 - the same rollups per hour (the always-valid test's looks);
 - per-encounter event counts over the period, summed to sum(c) and sum(c^2) per arm (the
-  design effects: rollups cannot know which scores share a patient). This one query reads
-  raw predictions, bounded by the site and the canary period.
+  design effects: rollups cannot know which scores share a patient). These are kept per
+  encounter in `canaryencounter` and each run recounts only what arrived or settled since
+  the last (monitors/canary_clusters.py), so a run reads the new rows, not the period's.
 
 It writes one metric point per judged metric and one for the verdict (monitor `canary`,
 version = the canary version, arm `canary`, window = the canary period), and one
@@ -36,7 +37,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from monitors.base import MonitorResult, Status
 from monitors.canary import (
-    PPV_CROSS,
     ArmData,
     CanaryConfig,
     Classification,
@@ -47,6 +47,7 @@ from monitors.canary import (
     judge,
     pooled_design_effect,
 )
+from monitors.canary_clusters import Arms, cluster_query, forget_others, maintained_clusters
 from monitors.config import MonitorConfig
 from monitors.sequential_canary import SequentialResult, sequential_test
 from store.bulk import upsert
@@ -114,6 +115,16 @@ class Canary:
     registered_at: datetime
     scoring_interval_minutes: int
     latency_slo_seconds: float
+
+    @property
+    def arms(self) -> Arms:
+        return Arms(
+            self.model_id,
+            self.site_id,
+            self.version_id,
+            self.control_version_id,
+            self.latency_slo_seconds,
+        )
 
     @property
     def scope(self) -> str:
@@ -240,56 +251,6 @@ def _fill_arm(arm: ArmData, totals: dict[str, Any]) -> None:
     arm.n_error = float(totals.get("n_error") or 0.0) + float(totals.get("n_timeout") or 0.0)
 
 
-def _cluster_query(
-    conn: Connection,
-    *,
-    group: sa.ColumnElement[Any],
-    where: sa.ColumnElement[bool],
-    latency_slo_seconds: float,
-) -> dict[Any, dict[str, tuple[float, float]]]:
-    """Per group, (sum c, sum c^2) over encounters for every kind of event (one query)."""
-    ok = P.c.status == "ok"
-
-    def count_if(condition: Any) -> Any:
-        return sa.func.sum(sa.case((condition, 1), else_=0))
-
-    late = sa.and_(
-        ok,
-        sa.or_(P.c.latency_seconds.is_(None), P.c.latency_seconds > latency_slo_seconds),
-    )
-    kinds = {
-        "scores": count_if(ok),
-        "alerts": count_if(P.c.alert),
-        "errors": count_if(P.c.status.in_(("error", "timeout"))),
-        "late": count_if(late),
-        "degraded": count_if(sa.and_(ok, P.c.degraded)),
-        "positives": count_if(sa.and_(ok, P.c.label == 1)),
-        "alerts_settled": count_if(sa.and_(ok, P.c.alert, P.c.label.is_not(None))),
-        "alert_positives": count_if(sa.and_(ok, P.c.alert, P.c.label == 1)),
-    }
-    per_encounter = (
-        sa.select(group.label("grp"), *[expr.label(k) for k, expr in kinds.items()])
-        .where(where)
-        .group_by(group, P.c.encounter_key)
-        .subquery("per_encounter")
-    )
-    columns = []
-    for k in kinds:
-        c = per_encounter.c[k]
-        columns += [sa.func.sum(c).label(f"{k}_s"), sa.func.sum(c * c).label(f"{k}_q")]
-    cross = per_encounter.c["alerts_settled"] * per_encounter.c["alert_positives"]
-    columns.append(sa.func.sum(cross).label("cross_s"))
-    rows = conn.execute(
-        sa.select(per_encounter.c.grp, *columns).group_by(per_encounter.c.grp)
-    ).mappings()
-    out: dict[Any, dict[str, tuple[float, float]]] = {}
-    for row in rows:
-        sums = {k: (float(row[f"{k}_s"] or 0.0), float(row[f"{k}_q"] or 0.0)) for k in kinds}
-        sums[PPV_CROSS] = (float(row["cross_s"] or 0.0), 0.0)
-        out[row["grp"]] = sums
-    return out
-
-
 def raw_window(
     dialect: str, model_id: int, site_id: int, first_hour: int, end_hour: int
 ) -> sa.ColumnElement[bool]:
@@ -312,9 +273,13 @@ def raw_window(
 
 
 def arm_data(
-    conn: Connection, canary: Canary, *, first_hour: int, end_hour: int
+    conn: Connection, canary: Canary, *, first_hour: int, end_hour: int, maintained: bool = False
 ) -> tuple[ArmData, ArmData]:
-    """(canary, control) over hours [first_hour, end_hour) from rollups and histograms."""
+    """(canary, control) over hours [first_hour, end_hour) from rollups and histograms.
+
+    The per-encounter sums come from raw predictions of the window, or, with `maintained`
+    (the period so far, which each run extends), from the kept per-encounter counts that
+    each run brings up to date (monitors/canary_clusters.py)."""
     arms = {"canary": ArmData("canary"), "control": ArmData("control")}
     in_window_r = sa.and_(R.c.hour >= first_hour, R.c.hour < end_hour)
     for name, arm in arms.items():
@@ -351,22 +316,20 @@ def arm_data(
         ):
             if 0 <= int(b) < LATENCY_BINS:
                 arm.latency_counts[int(b)] = float(n or 0)
-    arm_version = sa.case(
-        (sa.and_(P.c.arm == "canary", P.c.version_id == canary.version_id), "canary"),
-        else_="control",
-    )
-    clusters = _cluster_query(
-        conn,
-        group=arm_version,
-        where=sa.and_(
-            raw_window(conn.dialect.name, canary.model_id, canary.site_id, first_hour, end_hour),
-            sa.or_(
-                sa.and_(P.c.arm == "canary", P.c.version_id == canary.version_id),
-                sa.and_(P.c.arm == "control", P.c.version_id == canary.control_version_id),
+    if maintained:
+        clusters = maintained_clusters(conn, canary.arms, first_hour=first_hour, end_hour=end_hour)
+    else:
+        clusters = cluster_query(
+            conn,
+            group=canary.arms.label(),
+            where=sa.and_(
+                raw_window(
+                    conn.dialect.name, canary.model_id, canary.site_id, first_hour, end_hour
+                ),
+                canary.arms.member(),
             ),
-        ),
-        latency_slo_seconds=canary.latency_slo_seconds,
-    )
+            latency_slo_seconds=canary.latency_slo_seconds,
+        )
     for name, arm in arms.items():
         arm.cluster = clusters.get(name, {})
     return arms["canary"], arms["control"]
@@ -567,7 +530,7 @@ def arms_from_predictions(
     )
     for grp, b, n in latency:
         arms[grp].latency_counts[int(b)] = float(n)
-    clusters = _cluster_query(
+    clusters = cluster_query(
         conn, group=group, where=where, latency_slo_seconds=latency_slo_seconds
     )
     for grp, arm in arms.items():
@@ -817,7 +780,9 @@ def evaluate_canary(
     start = hour_start(first)
     end_hour = now_hour + 1  # the current hour so far
     scoring = Scoring(canary.scoring_interval_minutes)
-    canary_arm, control_arm = arm_data(conn, canary, first_hour=first, end_hour=end_hour)
+    canary_arm, control_arm = arm_data(
+        conn, canary, first_hour=first, end_hour=end_hour, maintained=True
+    )
     interim = judge(canary_arm, control_arm, config, scoring=scoring)
 
     previous = _previous_interim(conn, canary)
@@ -1100,6 +1065,8 @@ def run_canary(
     cfg = canary_config or CanaryConfig.from_file()
     results: list[MonitorResult] = []
     with engine.begin() as conn:
+        # Kept per-encounter counts of canaries no longer deployed are dropped.
+        forget_others(conn, [c.arms for c in find_canaries(conn, include_disabled=True)])
         for canary in find_canaries(conn):
             if _suppressed(conn, canary):
                 logger.info("canary %s is switched off; not judged", canary.scope)

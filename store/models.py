@@ -630,6 +630,35 @@ class CanaryJudgement(SQLModel, table=True):
     computed_at: datetime = ts_field(default_now=True)
 
 
+class CanaryEncounter(SQLModel, table=True):
+    """One encounter's event counts in one arm of a canary's period so far, kept up to date
+    by the canary monitor (monitors/canary_clusters.py): what the judge's design effects sum,
+    read from the encounters that changed instead of from every raw row of the period.
+    `encounter_key` is the keyed hash the collectors stored, never a raw identifier."""
+
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "model_id", "site_id", "version_id", "control_version_id", "encounter_key", "arm"
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    model_id: int = Field(foreign_key="model.id")
+    site_id: int = Field(foreign_key="site.id")
+    version_id: int  # the canary version
+    control_version_id: int
+    encounter_key: str = Field(max_length=64)
+    arm: str = Field(max_length=16)  # canary or control
+    scores: int = 0
+    alerts: int = 0
+    errors: int = 0
+    late: int = 0
+    degraded: int = 0
+    positives: int = 0
+    alerts_settled: int = 0
+    alert_positives: int = 0
+
+
 class StageChange(SQLModel, table=True):
     """A model version moving between release stages: who, when, why and on what evidence."""
 

@@ -71,6 +71,10 @@ WM_PREDICTION = "rollup.prediction_id"
 WM_OUTCOME = "rollup.outcome_id"
 WM_ENCOUNTER = "rollup.encounter_id"
 LAST_RUN = "rollup.settled_at"  # `now` of the last refresh: settled_at stamps after it are new
+# How many refreshes stamped settled_at with a `now` not after the last run's (or rebuilt
+# instead of updating in place): a reader that follows settled_at stamps past LAST_RUN must
+# start over when this changes, since such stamps need not be after its mark.
+RESTAMPS = "rollup.settled_restamps"
 CLOSURE_CUTOFF = "rollup.closure_cutoff.{model_id}"  # closures before it were settled
 HOURS_PER_STATEMENT = 400
 # The daily tables hold every day of the hourly rollups up to these marks: rollup rows stamped
@@ -887,6 +891,8 @@ def refresh(
         last_run = get_state(conn, LAST_RUN, "")
         # Rows stamped settled_at = now are this run's only if no earlier run used this `now`.
         in_place = incremental and bool(last_run) and now > datetime.fromisoformat(last_run)
+        if not in_place:
+            set_state(conn, RESTAMPS, str(int(get_state(conn, RESTAMPS)) + 1))
         models = [
             Model.model_validate(dict(row))
             for row in conn.execute(sa.select(table_of(Model))).mappings()
