@@ -12,10 +12,12 @@ What the store holds (the same for both history lengths, except the history itse
   months (365 days) before END. A year of raw rows at this load is 365 M rows, which this
   machine cannot hold; a cycle must not need them, because monitors read rollups. The
   canary arm's rows are copied back 1 month in both stores: the canary monitor judges a
-  canary's whole period so far, so the rollups it reads grow with the canary's age (a canary
-  runs days to weeks), and the two stores differ only in the store's history. (Its
-  per-encounter counts are kept up to date from new and newly settled rows, so no step reads
-  the period's raw rows; here those would be the slab's day only.)
+  canary's whole period so far, so what it reads grows with the canary's age (a canary runs
+  days to weeks), and the two stores differ only in the store's history. The canary's site
+  also holds raw rows of the canary's model for that month (copies of the slab's day of both
+  arms, with their own encounter keys: about 1.8 M rows at full size), as a real store would:
+  the canary's per-encounter counts come from raw rows (kept up to date from the new ones,
+  monitors/canary_clusters.py).
 Every monitor then runs once (the catch-up a freshly started scheduler does; untimed).
 
 Timed, the median of three, each on the next hour of the same simulated world (about 42,000
@@ -57,6 +59,7 @@ from bench.core import Figure, postgres_url, timed_median
 from collectors.runner import collect_files
 from incidents.alerts import sync_all_alerts
 from monitors.alert_burden import WM_ROLLUP as ALERT_BURDEN_WATERMARK
+from monitors.canary_runner import find_canaries
 from monitors.config import MonitorConfig
 from monitors.durations import epoch_seconds
 from monitors.registry import default_registry
@@ -75,7 +78,7 @@ from store.models import (
     table_of,
 )
 from store.registry import sync_registry
-from store.rollups import rebuild_hours, refresh, set_state
+from store.rollups import WM_PREDICTION, rebuild_hours, refresh, set_state
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +318,68 @@ def add_history(engine: Engine, *, first_day: int, days: int, canary_days: int) 
     return written
 
 
+def add_canary_raw(engine: Engine, *, first_day: int, days: int) -> int:
+    """Copy every canary's site's raw rows of `first_day` (both arms) to each of the `days`
+    days before it, shifted by whole days, each copy with its own encounter keys and
+    prediction ids; returns the rows written.
+
+    The canary's rollups go back as far (`add_history`), and so, in a real store, do its raw
+    rows: its per-encounter counts would be read from them. Labels still pending on the
+    template day are settled negative in the copies (those days are long past their
+    horizon), and the refresh watermark moves past the copies, so no cycle takes them for new
+    predictions (their hours' rollups are the copied history).
+    """
+    dialect = engine.dialect.name
+    names = [c.name for c in P.columns if c.name != "id"]
+    moments = {"trigger_at", "scored_at", "delivered_at", "horizon_end"}
+
+    def shifted(name: str, k: int) -> str:
+        if dialect == "sqlite":  # text timestamps: microseconds as six digits, as stored
+            return f"strftime('%Y-%m-%d %H:%M:%f', {name}, '-{k} days') || '000'"
+        return f"{name} - interval '{k} days'"
+
+    def select_list(k: int) -> str:
+        key_suffix = f"printf('%08d', {k})" if dialect == "sqlite" else f"lpad('{k}', 8, '0')"
+        expressions = {
+            **{name: shifted(name, k) for name in moments},
+            "scored_hour": f"scored_hour - {24 * k}",
+            "encounter_key": f"substr(encounter_key, 1, 56) || {key_suffix}",
+            "prediction_id": f"prediction_id || '-d{k}'",
+            "label": "coalesce(label, 0)",
+            "settled_at": f"coalesce({shifted('settled_at', k)}, :settled)",
+        }
+        return ", ".join(expressions.get(name, name) for name in names)
+
+    written = 0
+    with engine.begin() as conn:
+        for canary in find_canaries(conn):
+            arms = canary.arms
+            template = (
+                f"FROM prediction WHERE model_id = {arms.model_id} AND site_id = {arms.site_id} "
+                f"AND scored_hour >= {24 * first_day} AND scored_hour < {24 * first_day + 24} "
+                f"AND ((arm = 'canary' AND version_id = {arms.version_id}) "
+                f"OR (arm = 'control' AND version_id = {arms.control_version_id}))"
+            )
+            for k in range(1, days + 1):
+                if dialect == "postgresql":  # every stored id once (store/partitions.py)
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO prediction_key (prediction_id, content_hash, "
+                            f"scored_hour) SELECT prediction_id || '-d{k}', content_hash, "
+                            f"scored_hour - {24 * k} {template}"
+                        )
+                    )
+                written += conn.execute(
+                    sa.text(
+                        f"INSERT INTO prediction ({', '.join(names)}) "
+                        f"SELECT {select_list(k)} {template}"
+                    ).bindparams(sa.bindparam("settled", END, type_=P.c.settled_at.type)),
+                ).rowcount
+        top = conn.execute(sa.select(sa.func.max(P.c.id))).scalar() or 0
+        set_state(conn, WM_PREDICTION, str(top))
+    return written
+
+
 def _secondary_indexes(conn: Any, tables: list[str]) -> list[tuple[str, str]]:
     """(name, CREATE statement) of the tables' indexes that back no constraint."""
     if conn.dialect.name == "sqlite":
@@ -508,6 +573,14 @@ def backend_figures(
             full = timed_median(lambda: rebuild(engine, slab_hours), repeats=1)
             full_scan = timed_median(lambda: raw_group_by(engine, slab_hours), repeats=REPEATS)
             full_peak = _peak_mb(lambda: rebuild(engine, slab_hours))
+            # The canary's raw rows back as far as its rollups (in both stores, below).
+            started = time.perf_counter()
+            canary_rows = add_canary_raw(
+                engine, first_day=slab_first_day, days=size.short_days - size.slab_days
+            )
+            analyze(engine)
+            logger.info("%s: %d canary-site raw rows copied in %.0f s", backend, canary_rows,
+                        time.perf_counter() - started)  # fmt: skip
 
         measured: dict[int, StoreFigures] = {}
         urls: dict[int, str] = {}
@@ -541,7 +614,9 @@ def backend_figures(
     steps = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in long.steps.items())
     history = (
         f"{size.sites} sites, {slab_rows:,} raw predictions over the last {size.slab_days} d "
-        f"(≈{size.per_day:,}/day), older history as {long.history_rows:,} copied rollup rows"
+        f"(≈{size.per_day:,}/day), older history as {long.history_rows:,} copied rollup rows; "
+        f"the canary's site also holds {canary_rows:,} raw rows copied into the "
+        f"{size.short_days - size.slab_days} days before the slab"
     )
     flat = long.cycle_s / short.cycle_s if short.cycle_s > 0 else float("inf")
     return [

@@ -200,19 +200,18 @@ def _hour_start(hour: int) -> datetime:
     return EPOCH + timedelta(hours=hour)
 
 
-def _unindexed(column: Any, dialect: str) -> Any:
-    """`column + 0` on SQLite: keeps its planner off an index whose prefix is this column
-    (the model's or the site's whole history), so the selective index of the query drives it.
-    PostgreSQL plans by cost and prunes partitions on the plain scored_hour."""
-    return column + 0 if dialect == "sqlite" else column
-
-
 def _period(arms: Arms, dialect: str, first_hour: int, end_hour: int, wm: int) -> Any:
-    """The canary period's rows of both arms that the rollups hold, with no index implied."""
-    hour = _unindexed(P.c.scored_hour, dialect)
+    """The canary period's rows of both arms that the rollups hold, implying no index.
+
+    `+ 0` keeps the planners off the indexes whose prefix is the model and the site (the
+    site's whole history: PostgreSQL would otherwise AND a scan of it into an id range), so
+    the selective condition each caller adds drives the query. The hour stays plain on
+    PostgreSQL, which prunes partitions on it.
+    """
+    hour = P.c.scored_hour + 0 if dialect == "sqlite" else P.c.scored_hour
     return sa.and_(
-        _unindexed(P.c.model_id, dialect) == arms.model_id,
-        _unindexed(P.c.site_id, dialect) == arms.site_id,
+        P.c.model_id + 0 == arms.model_id,
+        P.c.site_id + 0 == arms.site_id,
         hour >= first_hour,
         hour < end_hour,
         P.c.id <= wm,
