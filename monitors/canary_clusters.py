@@ -7,7 +7,9 @@ rows (`cluster_query`) that is every prediction of the canary period at the site
 time: a read that grows with the canary's age (at one site of a 1 M/day system, about
 70,000 rows a day).
 
-`maintained_clusters` keeps each encounter's counts in `canaryencounter` instead, and per run
+`maintained_clusters` keeps each encounter's counts in `canaryencounter` instead (for the
+period so far, and for the planned analysis's fixed window, which is judged again every run
+until its labels are complete: weeks, for a 30-day outcome), and per run
 recomputes only the encounters with a prediction that is new since the last run (by id, or
 scored in an hour that has since entered the period) or whose label settled since (by
 `settled_at`), then adjusts the sums by the difference. It reads rows the rollups already
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,22 +51,31 @@ Clusters = dict[str, dict[str, tuple[float, float]]]
 Sums = dict[str, list[int]]  # per arm: sum c of each kind, sum c^2 of each kind, sum cross
 
 
+PERIODS = ("so_far", "planned")
+
+
 @dataclass(frozen=True)
 class Arms:
-    """Which predictions make a canary's two arms: the canary version's canary arm and the
-    control version's control arm of one model at one site."""
+    """Which predictions make a canary's two arms (the canary version's canary arm and the
+    control version's control arm of one model at one site), and which window's counts are
+    kept: `so_far`, the canary period so far (each run extends it), or `planned`, the planned
+    analysis's fixed window (judged once its labels are complete; until then, every run)."""
 
     model_id: int
     site_id: int
     version_id: int
     control_version_id: int
     latency_slo_seconds: float
+    period: str = "so_far"
+
+    def kept(self, period: str) -> Arms:
+        return replace(self, period=period)
 
     @property
     def state_key(self) -> str:
         return (
             f"{STATE_PREFIX}{self.model_id}.{self.site_id}.{self.version_id}."
-            f"{self.control_version_id}"
+            f"{self.control_version_id}.{self.period}"
         )
 
     def label(self) -> sa.ColumnElement[Any]:
@@ -80,13 +91,14 @@ class Arms:
             sa.and_(P.c.arm == "control", P.c.version_id == self.control_version_id),
         )
 
-    def keys(self) -> dict[str, int]:
-        """The columns of `canaryencounter` that name this canary."""
+    def keys(self) -> dict[str, int | str]:
+        """The columns of `canaryencounter` that name this canary's kept window."""
         return {
             "model_id": self.model_id,
             "site_id": self.site_id,
             "version_id": self.version_id,
             "control_version_id": self.control_version_id,
+            "period": self.period,
         }
 
     def rows(self) -> sa.ColumnElement[bool]:
@@ -96,6 +108,7 @@ class Arms:
             CE.c.site_id == self.site_id,
             CE.c.version_id == self.version_id,
             CE.c.control_version_id == self.control_version_id,
+            CE.c.period == self.period,
         )
 
 
@@ -439,8 +452,9 @@ def maintained_clusters(
 
 
 def forget_others(conn: Connection, keep: Iterable[Arms]) -> int:
-    """Drop the kept counts of canaries no longer deployed; returns how many were dropped."""
-    kept = {arms.state_key for arms in keep}
+    """Drop the kept counts of canaries no longer deployed (both windows of each of `keep`
+    stay); returns how many windows' counts were dropped."""
+    kept = {arms.kept(period).state_key for arms in keep for period in PERIODS}
     stale = [
         key
         for key in conn.execute(
@@ -449,10 +463,9 @@ def forget_others(conn: Connection, keep: Iterable[Arms]) -> int:
         if key not in kept
     ]
     for key in stale:
-        model_id, site_id, version_id, control_version_id = map(
-            int, key.removeprefix(STATE_PREFIX).split(".")
-        )
-        arms = Arms(model_id, site_id, version_id, control_version_id, 0.0)
+        *ids, period = key.removeprefix(STATE_PREFIX).split(".")
+        model_id, site_id, version_id, control_version_id = map(int, ids)
+        arms = Arms(model_id, site_id, version_id, control_version_id, 0.0, period)
         conn.execute(sa.delete(CE).where(arms.rows()))
         conn.execute(sa.delete(J).where(J.c.key == key))
     return len(stale)

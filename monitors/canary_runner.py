@@ -273,13 +273,19 @@ def raw_window(
 
 
 def arm_data(
-    conn: Connection, canary: Canary, *, first_hour: int, end_hour: int, maintained: bool = False
+    conn: Connection,
+    canary: Canary,
+    *,
+    first_hour: int,
+    end_hour: int,
+    kept: str | None = None,
 ) -> tuple[ArmData, ArmData]:
     """(canary, control) over hours [first_hour, end_hour) from rollups and histograms.
 
-    The per-encounter sums come from raw predictions of the window, or, with `maintained`
-    (the period so far, which each run extends), from the kept per-encounter counts that
-    each run brings up to date (monitors/canary_clusters.py)."""
+    The per-encounter sums come from raw predictions of the window, or, with `kept` (a window
+    the monitor looks at again and again: `so_far`, the period so far, or `planned`, the
+    planned analysis's window), from the kept per-encounter counts of that window, brought up
+    to date from what changed since the last run (monitors/canary_clusters.py)."""
     arms = {"canary": ArmData("canary"), "control": ArmData("control")}
     in_window_r = sa.and_(R.c.hour >= first_hour, R.c.hour < end_hour)
     for name, arm in arms.items():
@@ -316,8 +322,10 @@ def arm_data(
         ):
             if 0 <= int(b) < LATENCY_BINS:
                 arm.latency_counts[int(b)] = float(n or 0)
-    if maintained:
-        clusters = maintained_clusters(conn, canary.arms, first_hour=first_hour, end_hour=end_hour)
+    if kept is not None:
+        clusters = maintained_clusters(
+            conn, canary.arms.kept(kept), first_hour=first_hour, end_hour=end_hour
+        )
     else:
         clusters = cluster_query(
             conn,
@@ -781,7 +789,7 @@ def evaluate_canary(
     end_hour = now_hour + 1  # the current hour so far
     scoring = Scoring(canary.scoring_interval_minutes)
     canary_arm, control_arm = arm_data(
-        conn, canary, first_hour=first, end_hour=end_hour, maintained=True
+        conn, canary, first_hour=first, end_hour=end_hour, kept="so_far"
     )
     interim = judge(canary_arm, control_arm, config, scoring=scoring)
 
@@ -815,7 +823,7 @@ def evaluate_canary(
         planned_scores = int(detail.get("arms", {}).get("canary", {}).get("n_ok", 0))
         planned_end = stored["window_end"]
     elif planned_end_hour is not None:
-        pc, pk = arm_data(conn, canary, first_hour=first, end_hour=planned_end_hour)
+        pc, pk = arm_data(conn, canary, first_hour=first, end_hour=planned_end_hour, kept="planned")
         planned_completeness = _completeness(pc, pk)
         planned_scores = int(pc.n_ok)
         if (planned_completeness or 0.0) >= criteria_cfg.min_label_completeness:

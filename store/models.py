@@ -638,7 +638,13 @@ class CanaryEncounter(SQLModel, table=True):
 
     __table_args__ = (
         sa.UniqueConstraint(
-            "model_id", "site_id", "version_id", "control_version_id", "encounter_key", "arm"
+            "model_id",
+            "site_id",
+            "version_id",
+            "control_version_id",
+            "period",
+            "encounter_key",
+            "arm",
         ),
     )
 
@@ -647,6 +653,7 @@ class CanaryEncounter(SQLModel, table=True):
     site_id: int = Field(foreign_key="site.id")
     version_id: int  # the canary version
     control_version_id: int
+    period: str = Field(max_length=16)  # so_far (the period so far) or planned (its window)
     encounter_key: str = Field(max_length=64)
     arm: str = Field(max_length=16)  # canary or control
     scores: int = 0

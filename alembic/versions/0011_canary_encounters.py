@@ -2,7 +2,7 @@
 
 The canary judge corrects its variances for scores that share a patient (design effects),
 which needs, per arm, the sum of each encounter's event count and of its square over the
-canary period. Read from raw predictions, that is every row of the period at the site, every
+canary period (and over the planned analysis's window, until that is judged). Read from raw predictions, that is every row of the period at the site, every
 cycle: a read that grows with the canary's age. This table holds each encounter's counts;
 each run recomputes only the encounters whose predictions arrived or settled since the last
 (monitors/canary_clusters.py). It starts empty: a canary's first run fills it.
@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("site_id", sa.Integer(), nullable=False),
         sa.Column("version_id", sa.Integer(), nullable=False),
         sa.Column("control_version_id", sa.Integer(), nullable=False),
+        sa.Column("period", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("encounter_key", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("arm", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         *[sa.Column(name, sa.Integer(), nullable=False) for name in COUNTS],
@@ -52,6 +53,7 @@ def upgrade() -> None:
             "site_id",
             "version_id",
             "control_version_id",
+            "period",
             "encounter_key",
             "arm",
             name=op.f("uq_canaryencounter_model_id"),
