@@ -77,6 +77,17 @@ def test_settlement_follows_horizon_label_lag_closure_and_late_outcomes(
     assert labels["det-UMC-000002"] == 0
     assert labels["det-UMC-000004"] == 0
     assert labels["det-UMC-000005"] == 0  # failed scores settle too, but never count as scored
+    # A prediction that arrives after its horizon and lag passed settles at the next run,
+    # though its horizon lies before the cutoff the runs so far have settled up to.
+    _collect(
+        engine,
+        write_jsonl(
+            tmp_path / "predictions-late.jsonl",
+            [prediction(6, encounter_id="E5", scored=h(2))],
+        ),
+    )
+    refresh(engine, now=h(18 + 48 + 2))
+    assert _labels(engine)["det-UMC-000006"] == 0
     # An outcome recorded very late still corrects the settled negative.
     _collect(
         engine,
