@@ -266,21 +266,28 @@ def _to_recount(
     return keys
 
 
+def _per_encounter(arms: Arms, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """Per (encounter, arm), the count of each kind over the rows `where` selects."""
+    kinds = encounter_counts(arms.latency_slo_seconds)
+    label = arms.label()
+    return (
+        sa.select(P.c.encounter_key, label.label("arm"), *[e.label(k) for k, e in kinds.items()])
+        .where(where)
+        .group_by(P.c.encounter_key, label)
+    )
+
+
 def _new_rows(
     conn: Connection, arms: Arms, state: dict[str, Any], *, first_hour: int, end_hour: int,
     wm: int,
 ) -> dict[tuple[str, str], tuple[int, ...]]:  # fmt: skip
     """(encounter, arm) -> counts of the period's rows new since the run of `state` (by id:
     the id range drives)."""
-    kinds = encounter_counts(arms.latency_slo_seconds)
-    label = arms.label()
-    query = (
-        sa.select(P.c.encounter_key, label, *kinds.values())
-        .where(
-            _period(arms, conn.dialect.name, first_hour, end_hour, wm),
-            P.c.id > int(state["wm"]),
-        )
-        .group_by(P.c.encounter_key, label)
+    query = _per_encounter(
+        arms,
+        sa.and_(
+            _period(arms, conn.dialect.name, first_hour, end_hour, wm), P.c.id > int(state["wm"])
+        ),
     )
     return {
         (str(key), str(arm)): tuple(int(c or 0) for c in counts)
@@ -342,15 +349,12 @@ def _recount(
     conn: Connection, arms: Arms, keys: list[str], *, first_hour: int, end_hour: int, wm: int
 ) -> list[dict[str, Any]]:
     """Rows of `canaryencounter` for `keys`, counted from their predictions in the period."""
-    kinds = encounter_counts(arms.latency_slo_seconds)
-    label = arms.label()
-    query = (
-        sa.select(P.c.encounter_key, label.label("arm"), *[e.label(k) for k, e in kinds.items()])
-        .where(
+    query = _per_encounter(
+        arms,
+        sa.and_(
             _period(arms, conn.dialect.name, first_hour, end_hour, wm),
             P.c.encounter_key.in_(keys),  # the encounter_key index drives
-        )
-        .group_by(P.c.encounter_key, label)
+        ),
     )
     return [{**arms.keys(), **row} for row in conn.execute(query).mappings()]
 
@@ -378,8 +382,6 @@ def _replace(
 def _rebuild(conn: Connection, arms: Arms, *, first_hour: int, end_hour: int, wm: int) -> Sums:
     """Every encounter's counts of the period from raw rows, and their sums."""
     conn.execute(sa.delete(CE).where(arms.rows()))
-    kinds = encounter_counts(arms.latency_slo_seconds)
-    label = arms.label()
     period = sa.and_(
         P.c.model_id == arms.model_id,  # the site's (model, site, scored_at) range drives
         P.c.site_id == arms.site_id,
@@ -391,13 +393,7 @@ def _rebuild(conn: Connection, arms: Arms, *, first_hour: int, end_hour: int, wm
         arms.member(),
     )
     fixed = [sa.literal(value).label(name) for name, value in arms.keys().items()]
-    select = (
-        sa.select(
-            *fixed, P.c.encounter_key, label.label("arm"), *[e.label(k) for k, e in kinds.items()]
-        )
-        .where(period)
-        .group_by(P.c.encounter_key, label)
-    )
+    select = _per_encounter(arms, period).add_columns(*fixed)
     names = [c.name for c in select.selected_columns]
     conn.execute(sa.insert(CE).from_select(names, select))
     rows = conn.execute(_sums_select(CE, CE.c.arm).where(arms.rows())).mappings()
