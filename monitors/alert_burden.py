@@ -523,6 +523,14 @@ def count_alert_hours(
 
 
 def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[list[int], datetime]:
+    """Hours whose rollups changed since `since` and whose alerts no longer match the kept
+    counts, and the newest rollup stamp seen.
+
+    Settling labels re-stamps an hour's rollups but never changes its alerts: a prediction's
+    alert flag is fixed when it is logged, and rows are only added (or retention removes whole
+    hours). So an hour needs recounting only if its number of alerting scores differs from the
+    kept one; the hours whose only change is settled labels (most of a cycle's) are skipped.
+    """
     # `+ 0`: the updated_at index finds the few new rows; the model's (model_id, site_id, hour)
     # index range would be its whole history.
     rows = conn.execute(
@@ -531,7 +539,35 @@ def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[li
         .group_by(R.c.hour)
     ).all()
     newest = max((r[1] for r in rows), default=since)
-    return sorted(r[0] for r in rows), newest
+    hours = sorted(int(r[0]) for r in rows)
+    logged, kept = (
+        _alerts_per_hour(conn, R, model_id, hours),
+        _alerts_per_hour(conn, AB, model_id, hours),
+    )
+    return [h for h in hours if logged.get(h, 0) != kept.get(h, 0)], newest
+
+
+def _alerts_per_hour(
+    conn: Connection, table: sa.Table, model_id: int, hours: Sequence[int]
+) -> dict[int, int]:
+    """Alerting scores per hour of `hours` in a rollup table, read as index ranges per site."""
+    out: dict[int, int] = {}
+    sites = sorted(load_sites(conn))
+    for i in range(0, len(hours), HOURS_PER_CHUNK):
+        chunk = hours[i : i + HOURS_PER_CHUNK]
+        out.update(
+            (int(hour), int(n or 0))
+            for hour, n in conn.execute(
+                sa.select(table.c.hour, sa.func.sum(table.c.n_alert))
+                .where(
+                    table.c.model_id == model_id,
+                    table.c.site_id.in_(sites),
+                    table.c.hour.in_(chunk),
+                )
+                .group_by(table.c.hour)
+            )
+        )
+    return out
 
 
 def rebuild_alert_hours(

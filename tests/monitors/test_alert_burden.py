@@ -30,7 +30,7 @@ from monitors.alert_burden import (
 )
 from monitors.base import Status
 from monitors.config import MonitorConfig
-from store.models import AlertBurdenHour, Prediction, Site, table_of
+from store.models import AlertBurdenHour, Prediction, PredictionRollup, Site, table_of
 from store.rollups import refresh
 from tests.factories import prediction, write_jsonl
 
@@ -252,25 +252,10 @@ def _ward(tmp_path: Path, *, days: int) -> Path:
     return write_jsonl(tmp_path / "predictions-burden.jsonl", records)
 
 
-def test_runner_counts_shown_alerts_from_raw_rows_and_flags_the_spike_day(
-    engine: Engine, tmp_path: Path
-) -> None:
-    days = 15
-    list(collect_files(engine, [_ward(tmp_path, days=days)], secret="s"))
-    refresh(engine, now=START + timedelta(days=days))
-    config = MonitorConfig.from_file()
-    S, P, AB = table_of(Site), table_of(Prediction), table_of(AlertBurdenHour)
-    with engine.connect() as conn:
-        rvh = conn.execute(sa.select(S.c.id).where(S.c.code == "RVH")).scalar_one()
-
-    def rvh_result(now: datetime) -> tuple[Status, dict]:
-        results = run_alert_burden(engine, config, now)
-        point = next(r for r in results if r.site_id == rvh and r.model_id == 1)
-        return point.status, point.detail
-
-    before, _ = rvh_result(START + timedelta(days=SPIKE_DAY))
-    assert before == Status.OK
-    # Hourly counts equal an independent computation from the raw rows (24 h snooze).
+def _assert_hours_match_raw_rows(engine: Engine) -> None:
+    """The kept hourly counts equal a replay of every raw alert, patient by patient, with a
+    24 h snooze (pandas over the raw rows; no code of the monitor's but `shown_alerts`)."""
+    P, AB = table_of(Prediction), table_of(AlertBurdenHour)
     with engine.connect() as conn:
         raw = pd.read_sql(
             sa.select(P.c.encounter_key, P.c.scored_at, P.c.scored_hour).where(P.c.alert), conn
@@ -286,6 +271,28 @@ def test_runner_counts_shown_alerts_from_raw_rows_and_flags_the_spike_day(
     got = stored.groupby("hour")[["n_alert", "n_shown"]].sum()
     assert got.to_dict() == expected.astype(int).to_dict()
 
+
+def test_runner_counts_shown_alerts_from_raw_rows_and_flags_the_spike_day(
+    engine: Engine, tmp_path: Path
+) -> None:
+    days = 15
+    list(collect_files(engine, [_ward(tmp_path, days=days)], secret="s"))
+    refresh(engine, now=START + timedelta(days=days))
+    config = MonitorConfig.from_file()
+    S, AB = table_of(Site), table_of(AlertBurdenHour)
+    with engine.connect() as conn:
+        rvh = conn.execute(sa.select(S.c.id).where(S.c.code == "RVH")).scalar_one()
+
+    def rvh_result(now: datetime) -> tuple[Status, dict]:
+        results = run_alert_burden(engine, config, now)
+        point = next(r for r in results if r.site_id == rvh and r.model_id == 1)
+        return point.status, point.detail
+
+    before, _ = rvh_result(START + timedelta(days=SPIKE_DAY))
+    assert before == Status.OK
+    # Hourly counts equal an independent computation from the raw rows (24 h snooze).
+    _assert_hours_match_raw_rows(engine)
+
     status, detail = rvh_result(START + timedelta(days=SPIKE_DAY, hours=6))
     assert status == Status.BREACH and detail["kind"] == "spike"
     assert detail["severity"] == "page"
@@ -298,3 +305,60 @@ def test_runner_counts_shown_alerts_from_raw_rows_and_flags_the_spike_day(
         assert conn.execute(sa.select(sa.func.max(AB.c.updated_at))).scalar() == stamp
     recovered, _ = rvh_result(START + timedelta(days=SPIKE_DAY + 2, hours=1))
     assert recovered == Status.OK
+
+
+def test_settled_labels_do_not_recount_alerts_and_a_late_alert_does(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Settling re-stamps an hour's rollups but leaves its alerts alone: the hour is not read
+    from raw rows again. A late alerting score logged into an old hour is recounted."""
+    days = 4
+    end = START + timedelta(days=days)
+    list(collect_files(engine, [_ward(tmp_path, days=days)], secret="s"))
+    refresh(engine, now=end)
+    config = MonitorConfig.from_file()
+    run_alert_burden(engine, config, end)
+    R, AB = table_of(PredictionRollup), table_of(AlertBurdenHour)
+
+    def stamps() -> dict[int, datetime]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(AB.c.hour, sa.func.max(AB.c.updated_at)).group_by(AB.c.hour)
+            )
+            return {int(hour): stamp for hour, stamp in rows}
+
+    kept = stamps()
+    # Two days on, the last day's predictions pass their 12 h horizon and settle negative:
+    # their hours' rollups are re-stamped, alerting hours among them.
+    later = end + timedelta(days=2)
+    refresh(engine, now=later)
+    with engine.connect() as conn:
+        restamped = set(
+            conn.execute(sa.select(R.c.hour).where(R.c.updated_at == later).distinct()).scalars()
+        )
+    assert restamped & set(kept)  # the check below is not vacuous
+    run_alert_burden(engine, config, later)
+    assert stamps() == kept
+    _assert_hours_match_raw_rows(engine)
+
+    # A late alerting score of one of the ward's patients, logged into an hour 30 h after the
+    # ward's first alert: that hour, and only it, is recounted.
+    with engine.connect() as conn:
+        P = table_of(Prediction)
+        first_alert = conn.execute(
+            sa.select(P.c.scored_at).where(P.c.alert).order_by(P.c.scored_at).limit(1)
+        ).scalar_one()
+    late_at = (first_alert if first_alert.tzinfo else first_alert.replace(tzinfo=UTC)) + timedelta(
+        hours=30
+    )
+    late = prediction(
+        99_999, site="RVH", unit="2N", encounter_id="P0", scored=late_at, score=0.05, alert=True
+    )
+    late_file = write_jsonl(tmp_path / "predictions-late.jsonl", [late])
+    list(collect_files(engine, [late_file], secret="s"))
+    refresh(engine, now=later + timedelta(hours=1))
+    run_alert_burden(engine, config, later + timedelta(hours=1))
+    late_hour = int(late_at.timestamp()) // 3600
+    changed = {hour for hour, stamp in stamps().items() if stamp != kept.get(hour)}
+    assert changed == {late_hour}
+    _assert_hours_match_raw_rows(engine)
