@@ -4,7 +4,10 @@ shift, PPV and number needed to evaluate, and Poisson control limits for spikes 
 Counting. An alerting score is *shown* unless the same patient's last shown alert was less
 than `snooze_hours` ago (the usual CDS re-alert suppression); the rest are duplicates. Shown
 alerts per hour, unit and arm live in `alertburdenhour`, rebuilt from raw rows only for the
-hours whose prediction rollups changed, so a run costs in proportion to new data.
+hours whose count of alerting scores changed (new rows; settling labels changes no alert), so a
+run costs in proportion to new data; every kept hour when the snooze setting changes. A late
+score changes the flags of its patient's later alerts within a snooze chain, but only its own
+hour is recounted (and a later one when its own count changes).
 
 Exposure. A model scored on a cadence (deterioration: every 4 h per inpatient) sees
 n_scores × interval patient-time, so patient-days = scores × interval / 1440 min. A model
@@ -70,6 +73,7 @@ from store.models import (
     table_of,
     utcnow,
 )
+from store.partitions import stored_horizon
 from store.rollups import get_state, set_state
 
 logger = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ MONITOR = "alert_burden"
 METRIC = "shown_alert_rate"
 RUNBOOK = "alert-volume"
 WM_ROLLUP = "alert_burden.rollup_updated_at"
+SNOOZE_STATE = "alert_burden.snooze_hours.{model_id}"  # the snooze the kept counts were made with
 HOURS_PER_CHUNK = 720  # hours recounted and written at a time
 PATIENTS_PER_QUERY = 500
 STREAM_ROWS = 20_000  # rows held from the database cursor at a time
@@ -607,13 +612,26 @@ def rebuild_alert_hours(
 
 
 def update_alert_hours(conn: Connection, models: Sequence[Model], config: MonitorConfig) -> int:
-    """Bring `alertburdenhour` up to date with every rollup hour changed since the last call."""
+    """Bring `alertburdenhour` up to date with every rollup hour changed since the last call.
+
+    A model's kept hours (those not yet past retention) are all recounted when its snooze
+    setting differs from the one they were counted with: a shown alert depends on it.
+    """
     since = datetime.fromisoformat(get_state(conn, WM_ROLLUP, EPOCH.isoformat()))
     newest = since
     written = 0
     for model in models:
+        assert model.id is not None
         cfg = config.for_monitor(MONITOR, AlertBurdenConfig, model=model.name)
-        hours, seen = _changed_hours(conn, model.id or 0, since)
+        hours, seen = _changed_hours(conn, model.id, since)
+        snooze_key, snooze = SNOOZE_STATE.format(model_id=model.id), repr(cfg.snooze_hours)
+        counted_with = get_state(conn, snooze_key, "")
+        if counted_with and counted_with != snooze:
+            hours = sorted(set(hours) | set(_kept_hours(conn, model.id)))
+            logger.info("alert_burden: %s snooze changed; recounting %d hours", model.name,
+                        len(hours))  # fmt: skip
+        if counted_with != snooze:
+            set_state(conn, snooze_key, snooze)
         if hours:
             written += rebuild_alert_hours(
                 conn, model, hours, snooze_hours=cfg.snooze_hours, now=utcnow()
@@ -621,6 +639,15 @@ def update_alert_hours(conn: Connection, models: Sequence[Model], config: Monito
         newest = max(newest, seen)
     set_state(conn, WM_ROLLUP, newest.isoformat())
     return written
+
+
+def _kept_hours(conn: Connection, model_id: int) -> list[int]:
+    """The model's hours in `alertburdenhour` whose raw rows retention has not removed."""
+    horizon = stored_horizon(conn)
+    query = sa.select(AB.c.hour).where(AB.c.model_id == model_id).distinct()
+    if horizon is not None:
+        query = query.where(AB.c.hour >= horizon)
+    return sorted(int(h) for h in conn.execute(query).scalars())
 
 
 # ---------------------------------------------------------------- the monitor

@@ -226,18 +226,18 @@ START = datetime(2026, 8, 1, tzinfo=UTC)
 SPIKE_DAY = 12
 
 
-def _ward(tmp_path: Path, *, days: int) -> Path:
-    """40 long-stay patients at RVH scored every 4 h; 1% of scores alert, 40% on day 12."""
+def _ward(tmp_path: Path, *, days: int, rate: float = 0.01) -> Path:
+    """40 long-stay patients at RVH scored every 4 h; `rate` of scores alert, 40% on day 12."""
     rng = np.random.default_rng(7)
     records = []
     n = 0
     for day in range(days):
-        rate = 0.4 if day == SPIKE_DAY else 0.01
+        day_rate = 0.4 if day == SPIKE_DAY else rate
         for slot in range(6):
             for patient in range(40):
                 n += 1
                 scored = START + timedelta(days=day, hours=4 * slot, minutes=patient)
-                alert = bool(rng.random() < rate)
+                alert = bool(rng.random() < day_rate)
                 records.append(
                     prediction(
                         n,
@@ -252,9 +252,9 @@ def _ward(tmp_path: Path, *, days: int) -> Path:
     return write_jsonl(tmp_path / "predictions-burden.jsonl", records)
 
 
-def _assert_hours_match_raw_rows(engine: Engine) -> None:
-    """The kept hourly counts equal a replay of every raw alert, patient by patient, with a
-    24 h snooze (pandas over the raw rows; no code of the monitor's but `shown_alerts`)."""
+def _assert_hours_match_raw_rows(engine: Engine, snooze_hours: float = 24) -> None:
+    """The kept hourly counts equal a replay of every raw alert, patient by patient, with the
+    snooze (pandas over the raw rows; no code of the monitor's but `shown_alerts`)."""
     P, AB = table_of(Prediction), table_of(AlertBurdenHour)
     with engine.connect() as conn:
         raw = pd.read_sql(
@@ -265,7 +265,9 @@ def _assert_hours_match_raw_rows(engine: Engine) -> None:
     seconds = pd.to_datetime(raw["scored_at"], utc=True).astype("int64") // 10**9
     flags = []
     for _, idx in raw.groupby("encounter_key", sort=False).groups.items():
-        flags += list(zip(idx, shown_alerts(seconds.loc[idx].tolist(), 24 * H), strict=True))
+        flags += list(
+            zip(idx, shown_alerts(seconds.loc[idx].tolist(), snooze_hours * H), strict=True)
+        )
     raw["shown"] = pd.Series(dict(flags))
     expected = raw.groupby("scored_hour").agg(n_alert=("shown", "size"), n_shown=("shown", "sum"))
     got = stored.groupby("hour")[["n_alert", "n_shown"]].sum()
@@ -362,3 +364,30 @@ def test_settled_labels_do_not_recount_alerts_and_a_late_alert_does(
     changed = {hour for hour, stamp in stamps().items() if stamp != kept.get(hour)}
     assert changed == {late_hour}
     _assert_hours_match_raw_rows(engine)
+
+
+def test_a_changed_snooze_recounts_every_kept_hour(engine: Engine, tmp_path: Path) -> None:
+    """Shown alerts depend on the snooze: when it changes, the kept hours are counted again
+    with the new one, though no rollup changed."""
+    days = 4
+    end = START + timedelta(days=days)
+    list(collect_files(engine, [_ward(tmp_path, days=days, rate=0.1)], secret="s"))
+    refresh(engine, now=end)
+    run_alert_burden(engine, MonitorConfig.from_file(), end)
+    _assert_hours_match_raw_rows(engine, 24)
+    AB = table_of(AlertBurdenHour)
+
+    def shown() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.sum(AB.c.n_shown))).scalar_one())
+
+    before = shown()
+    shorter = MonitorConfig({"alert_burden": {"defaults": {"snooze_hours": 6}}})
+    run_alert_burden(engine, shorter, end)
+    _assert_hours_match_raw_rows(engine, 6)
+    assert shown() > before  # a shorter snooze shows more of the same alerts
+    with engine.connect() as conn:
+        stamp = conn.execute(sa.select(sa.func.max(AB.c.updated_at))).scalar()
+    run_alert_burden(engine, shorter, end)  # the same snooze again: nothing recounted
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.max(AB.c.updated_at))).scalar() == stamp
