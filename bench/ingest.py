@@ -421,6 +421,10 @@ def postgres_figure(url: str, source: Path, stored: list[tuple[Any, ...]]) -> Fi
         runs, _, load = _interleaved(
             {"ours": lambda: _ingest(engine, source, helper=True), "raw": raw_copy}, setup=empty
         )
+        # Python-heap peak (tracemalloc) of this process in one more, untimed run.
+        peak = timed_median(
+            lambda: _ingest(engine, source, helper=True), setup=empty, repeats=1, trace_memory=True
+        ).peak_mb
         engine.dispose()
     ours_rate = rows / statistics.median(runs["ours"])
     raw_rate = rows / statistics.median(runs["raw"])
@@ -432,6 +436,7 @@ def postgres_figure(url: str, source: Path, stored: list[tuple[Any, ...]]) -> Fi
         baseline_name="raw psycopg COPY of the same rows",
         baseline_value=raw_rate,
         runs=REPEATS,
+        peak_mb=peak,
         note="COPY to a temporary table, then one statement: ids into prediction_key … ON CONFLICT "
         f"DO NOTHING, the accepted rows into the month partitions; {_load_note(load)}",
         extra={"ours_runs_s": runs["ours"], "raw_runs_s": runs["raw"]},

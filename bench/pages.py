@@ -141,7 +141,7 @@ def postgres_figures(server: str, size: int) -> list[Figure]:
 def page_figures(
     backend: str,
     size: int,
-    timings: dict[str, tuple[float, int, str | None]],
+    timings: dict[str, tuple[float, int, str | None, float]],
     baseline_name: str,
     baseline: Timing,
 ) -> list[Figure]:
@@ -155,11 +155,12 @@ def page_figures(
             baseline_value=baseline.median_s,
             higher_is_better=False,
             runs=runs,
+            peak_mb=peak_mb,
             target=f"< {TARGET_SECONDS:g} s",
             met=problem is None and seconds < TARGET_SECONDS,
             note=problem or "AppTest from the entrypoint, caches cleared before each render",
         )
-        for page, (seconds, runs, problem) in timings.items()
+        for page, (seconds, runs, problem, peak_mb) in timings.items()
     ]
 
 
@@ -408,8 +409,9 @@ def _dashboard_env(url: str) -> Iterator[None]:
         get_settings.cache_clear()
 
 
-def render_pages(url: str) -> dict[str, tuple[float, int, str | None]]:
-    """Median render seconds of every page, with the number of runs and any problem seen."""
+def render_pages(url: str) -> dict[str, tuple[float, int, str | None, float]]:
+    """Median render seconds of every page, with the number of runs, any problem seen and the
+    Python-heap peak (MB) of a render."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
@@ -418,7 +420,7 @@ def render_pages(url: str) -> dict[str, tuple[float, int, str | None]]:
     from incidents.auth import Actor, Role
 
     pages = sorted(p.name for p in PAGES_DIR.glob("*.py") if p.name != "__init__.py")
-    results: dict[str, tuple[float, int, str | None]] = {}
+    results: dict[str, tuple[float, int, str | None, float]] = {}
     with _dashboard_env(url):
         st.cache_resource.clear()
         for name in pages:
@@ -434,12 +436,15 @@ def render_pages(url: str) -> dict[str, tuple[float, int, str | None]]:
                 found.extend(f"exception: {e.message}" for e in at.exception)
 
             timing = timed_median(render, repeats=REPEATS, setup=st.cache_data.clear)
+            # The Python-heap peak of one more render, untimed (tracing slows it down).
+            peak = timed_median(render, repeats=1, setup=st.cache_data.clear, trace_memory=True)
             results[name.removesuffix(".py")] = (
                 timing.median_s,
                 len(timing.runs),
                 problems[0] if problems else None,
+                peak.peak_mb,
             )
-            logger.info("page %s: %.3f s", name, timing.median_s)
+            logger.info("page %s: %.3f s, peak %.1f MB", name, timing.median_s, peak.peak_mb)
         dashboard_engine().dispose()  # the pages' cached engine: close its connections
         st.cache_resource.clear()
     return results
