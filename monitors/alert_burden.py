@@ -545,19 +545,21 @@ def _changed_hours(conn: Connection, model_id: int, since: datetime) -> tuple[li
     ).all()
     newest = max((r[1] for r in rows), default=since)
     hours = sorted(int(r[0]) for r in rows)
+    if not hours:
+        return [], newest
+    sites = sorted(load_sites(conn))
     logged, kept = (
-        _alerts_per_hour(conn, R, model_id, hours),
-        _alerts_per_hour(conn, AB, model_id, hours),
+        _alerts_per_hour(conn, R, model_id, sites, hours),
+        _alerts_per_hour(conn, AB, model_id, sites, hours),
     )
     return [h for h in hours if logged.get(h, 0) != kept.get(h, 0)], newest
 
 
 def _alerts_per_hour(
-    conn: Connection, table: sa.Table, model_id: int, hours: Sequence[int]
+    conn: Connection, table: sa.Table, model_id: int, sites: Sequence[int], hours: Sequence[int]
 ) -> dict[int, int]:
     """Alerting scores per hour of `hours` in a rollup table, read as index ranges per site."""
     out: dict[int, int] = {}
-    sites = sorted(load_sites(conn))
     for i in range(0, len(hours), HOURS_PER_CHUNK):
         chunk = hours[i : i + HOURS_PER_CHUNK]
         out.update(
@@ -628,8 +630,7 @@ def update_alert_hours(conn: Connection, models: Sequence[Model], config: Monito
         counted_with = get_state(conn, snooze_key, "")
         if counted_with and counted_with != snooze:
             hours = sorted(set(hours) | set(_kept_hours(conn, model.id)))
-            logger.info("alert_burden: %s snooze changed; recounting %d hours", model.name,
-                        len(hours))  # fmt: skip
+            logger.info("alert_burden: %s snooze changed; %d hours", model.name, len(hours))
         if counted_with != snooze:
             set_state(conn, snooze_key, snooze)
         if hours:
