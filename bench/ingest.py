@@ -254,6 +254,7 @@ def sqlite_figures(
         )
     )
     figures += index_cost_figures(template, target, stored, bulk=bulk)
+    figures += encounter_index_figures(template, target, stored, bulk=bulk)
     return figures, stored
 
 
@@ -269,11 +270,17 @@ def _copy_store(template: Path, target: Path) -> None:
     shutil.copy(template, target)
 
 
-def _raw_executemany(engine: Engine, rows: list[tuple[Any, ...]], *, bulk: bool) -> None:
+def _raw_executemany(
+    engine: Engine,
+    rows: list[tuple[Any, ...]],
+    *,
+    bulk: bool,
+    columns: tuple[str, ...] = PREDICTION_COLUMNS,
+) -> None:
     """The rows into `prediction` by raw `executemany`, in the collector's batches, on the
     engine's own DBAPI connection (the same PRAGMAs as the collector's)."""
-    names = ", ".join(PREDICTION_COLUMNS)
-    marks = ", ".join("?" for _ in PREDICTION_COLUMNS)
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO prediction ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
     connection = engine.raw_connection()
     try:
@@ -366,6 +373,87 @@ def _reference_executemany(path: Path, rows: list[tuple[Any, ...]]) -> None:
         for batch in _batches(rows):
             connection.executemany(f"INSERT INTO reference ({names}) VALUES ({marks})", batch)
             connection.commit()
+
+
+def encounter_index_figures(
+    template: Path, target: Path, rows: list[tuple[Any, ...]], *, bulk: bool
+) -> list[Figure]:
+    """What the encounter lookup would cost the raw driver if `prediction` were looked up by
+    an integer instead of `ix_prediction_encounter_key` (64 hex characters): the same raw
+    `executemany` with one more integer column, indexed in place of the key, holding either
+    the key's first 64 bits (random, as a truncated HMAC is) or a sequential id in order of
+    each encounter's first score (what an encounter table would hand out). Not a schema Vigil
+    has: a measured alternative, timed against the schema as it is, in alternating turns."""
+    key = PREDICTION_COLUMNS.index("encounter_key")
+    first_seen: dict[str, int] = {}
+    for row in rows:
+        first_seen.setdefault(row[key], len(first_seen) + 1)
+    columns = (*PREDICTION_COLUMNS, "encounter_number")
+    variants: dict[str, tuple[list[str], list[tuple[Any, ...]], tuple[str, ...]]] = {
+        "": ([], rows, PREDICTION_COLUMNS),
+        "the key's first 64 bits (random)": (
+            _NUMBERED_ENCOUNTER,
+            [(*row, _signed_64(row[key])) for row in rows],
+            columns,
+        ),
+        "a sequential id by first score": (
+            _NUMBERED_ENCOUNTER,
+            [(*row, first_seen[row[key]]) for row in rows],
+            columns,
+        ),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(REPEATS):
+        for name, (statements, data, names) in variants.items():
+            _copy_store(template, target)
+            with closing(sqlite3.connect(target)) as connection:
+                for statement in statements:
+                    connection.execute(statement)
+                connection.commit()
+            engine = make_engine(f"sqlite:///{target}")
+            try:
+                action = partial(_raw_executemany, engine, data, bulk=bulk, columns=names)
+                runs[name].append(timed_median(action, repeats=1).median_s)
+            finally:
+                engine.dispose()
+    count = len(rows)
+    full = statistics.median(runs.pop(""))
+    figures = []
+    for name, seconds in runs.items():
+        median = statistics.median(seconds)
+        figures.append(
+            Figure(
+                area=AREA,
+                name=(
+                    "cost of indexes: raw sqlite3.executemany with the encounter looked up by "
+                    f"an integer, {name}, instead of the 64-hex key, {count:,} rows"
+                ),
+                value=count / median,
+                unit="rows/s",
+                baseline_name="the schema as it is",
+                baseline_value=count / full,
+                runs=REPEATS,
+                note=(
+                    f"{(full - median) / count * 1e6:.1f} µs a row saved of "
+                    f"{full / count * 1e6:.1f} µs; {len(first_seen):,} encounters in "
+                    f"{count:,} predictions; a measured alternative, not Vigil's schema"
+                ),
+            )
+        )
+    return figures
+
+
+_NUMBERED_ENCOUNTER = [
+    "DROP INDEX ix_prediction_encounter_key",
+    "ALTER TABLE prediction ADD COLUMN encounter_number BIGINT",
+    "CREATE INDEX ix_prediction_encounter_number ON prediction (encounter_number)",
+]
+
+
+def _signed_64(key: str) -> int:
+    """The first 64 bits of a hex key as a signed 64-bit integer (SQLite's INTEGER)."""
+    value = int(key[:16], 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
