@@ -298,6 +298,62 @@ def _raw_executemany(
         connection.close()
 
 
+# A schema variant for the raw driver: statements run on a copy of the migrated store first,
+# then the rows, in these columns.
+_Variant = tuple[list[str], list[tuple[Any, ...]], tuple[str, ...]]
+
+
+def _timed_variants(
+    template: Path, target: Path, variants: dict[str, _Variant], *, bulk: bool
+) -> dict[str, list[float]]:
+    """Seconds of each variant's raw `executemany`, REPEATS runs each, in alternating turns,
+    each on a fresh copy of the template changed by the variant's statements."""
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(REPEATS):
+        for name, (statements, data, columns) in variants.items():
+            _copy_store(template, target)
+            with closing(sqlite3.connect(target)) as connection:
+                for statement in statements:
+                    connection.execute(statement)
+                connection.commit()
+            engine = make_engine(f"sqlite:///{target}")
+            try:
+                action = partial(_raw_executemany, engine, data, bulk=bulk, columns=columns)
+                runs[name].append(timed_median(action, repeats=1).median_s)
+            finally:
+                engine.dispose()
+    return runs
+
+
+def _variant_figures(
+    runs: dict[str, list[float]],
+    *,
+    title: Callable[[str], str],
+    baseline: str,
+    note: Callable[[float, float], str],
+    rows: int,
+) -> list[Figure]:
+    """A figure per variant, against the schema as it is (the variant named ""); `note` gets
+    the µs a row the variant saves and the µs a row of the schema as it is."""
+    full = statistics.median(runs.pop(""))
+    figures = []
+    for name, seconds in runs.items():
+        median = statistics.median(seconds)
+        figures.append(
+            Figure(
+                area=AREA,
+                name=f"cost of indexes: {title(name)}",
+                value=rows / median,
+                unit="rows/s",
+                baseline_name=baseline,
+                baseline_value=rows / full,
+                runs=REPEATS,
+                note=note((full - median) / rows * 1e6, full / rows * 1e6),
+            )
+        )
+    return figures
+
+
 def index_cost_figures(
     template: Path, target: Path, rows: list[tuple[Any, ...]], *, bulk: bool
 ) -> list[Figure]:
@@ -312,43 +368,20 @@ def index_cost_figures(
                 "AND tbl_name = 'prediction' AND sql IS NOT NULL ORDER BY name"
             )
         ]
-    variants = {"any secondary index": indexes} | {name: [name] for name in indexes}
-    variants[""] = []  # the schema as it is, timed in the same turns
-    runs: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(REPEATS):
-        for name, dropped in variants.items():
-            _copy_store(template, target)
-            with closing(sqlite3.connect(target)) as connection:
-                for index in dropped:
-                    connection.execute(f'DROP INDEX "{index}"')
-                connection.commit()
-            engine = make_engine(f"sqlite:///{target}")
-            try:
-                action = partial(_raw_executemany, engine, rows, bulk=bulk)
-                runs[name].append(timed_median(action, repeats=1).median_s)
-            finally:
-                engine.dispose()
+    dropped = {"any secondary index": indexes} | {name: [name] for name in indexes}
+    variants: dict[str, _Variant] = {"": ([], rows, PREDICTION_COLUMNS)}
+    for name, names in dropped.items():
+        variants[name] = ([f'DROP INDEX "{index}"' for index in names], rows, PREDICTION_COLUMNS)
     count = len(rows)
-    full = statistics.median(runs.pop(""))
-    figures = []
-    for name, seconds in runs.items():
-        median = statistics.median(seconds)
-        figures.append(
-            Figure(
-                area=AREA,
-                name=f"cost of indexes: raw sqlite3.executemany without {name}, {count:,} rows",
-                value=count / median,
-                unit="rows/s",
-                baseline_name="the same with every index",
-                baseline_value=count / full,
-                runs=REPEATS,
-                note=(
-                    f"{(full - median) / count * 1e6:.1f} µs of the raw driver's "
-                    f"{full / count * 1e6:.1f} µs a row with every index"
-                ),
-            )
-        )
-    return figures
+    return _variant_figures(
+        _timed_variants(template, target, variants, bulk=bulk),
+        title=lambda name: f"raw sqlite3.executemany without {name}, {count:,} rows",
+        baseline="the same with every index",
+        note=lambda saved, full: (
+            f"{saved:.1f} µs of the raw driver's {full:.1f} µs a row with every index"
+        ),
+        rows=count,
+    )
 
 
 def _create_reference(path: Path) -> None:
@@ -389,7 +422,7 @@ def encounter_index_figures(
     for row in rows:
         first_seen.setdefault(row[key], len(first_seen) + 1)
     columns = (*PREDICTION_COLUMNS, "encounter_number")
-    variants: dict[str, tuple[list[str], list[tuple[Any, ...]], tuple[str, ...]]] = {
+    variants: dict[str, _Variant] = {
         "": ([], rows, PREDICTION_COLUMNS),
         "the key's first 64 bits (random)": (
             _NUMBERED_ENCOUNTER,
@@ -402,45 +435,21 @@ def encounter_index_figures(
             columns,
         ),
     }
-    runs: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(REPEATS):
-        for name, (statements, data, names) in variants.items():
-            _copy_store(template, target)
-            with closing(sqlite3.connect(target)) as connection:
-                for statement in statements:
-                    connection.execute(statement)
-                connection.commit()
-            engine = make_engine(f"sqlite:///{target}")
-            try:
-                action = partial(_raw_executemany, engine, data, bulk=bulk, columns=names)
-                runs[name].append(timed_median(action, repeats=1).median_s)
-            finally:
-                engine.dispose()
     count = len(rows)
-    full = statistics.median(runs.pop(""))
-    figures = []
-    for name, seconds in runs.items():
-        median = statistics.median(seconds)
-        figures.append(
-            Figure(
-                area=AREA,
-                name=(
-                    "cost of indexes: raw sqlite3.executemany with the encounter looked up by "
-                    f"an integer, {name}, instead of the 64-hex key, {count:,} rows"
-                ),
-                value=count / median,
-                unit="rows/s",
-                baseline_name="the schema as it is",
-                baseline_value=count / full,
-                runs=REPEATS,
-                note=(
-                    f"{(full - median) / count * 1e6:.1f} µs a row saved of "
-                    f"{full / count * 1e6:.1f} µs; {len(first_seen):,} encounters in "
-                    f"{count:,} predictions; a measured alternative, not Vigil's schema"
-                ),
-            )
-        )
-    return figures
+    return _variant_figures(
+        _timed_variants(template, target, variants, bulk=bulk),
+        title=lambda name: (
+            "raw sqlite3.executemany with the encounter looked up by an integer, "
+            f"{name}, instead of the 64-hex key, {count:,} rows"
+        ),
+        baseline="the schema as it is",
+        note=lambda saved, full: (
+            f"{saved:.1f} µs a row saved of {full:.1f} µs; "
+            f"{len(first_seen):,} encounters in {count:,} predictions; a measured alternative, "
+            "not Vigil's schema"
+        ),
+        rows=count,
+    )
 
 
 _NUMBERED_ENCOUNTER = [
